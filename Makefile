@@ -1,0 +1,69 @@
+# mptcp-tunnel — every entry point. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(abspath $(VENV))/bin/python
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export PYTHONPATH := $(abspath lab):$(abspath bench)
+
+# Debian packages the lab, the tests and Molecule use.
+APT_PACKAGES := iperf3 mptcpd iproute2 nftables iptables curl ethtool procps \
+	python3-venv python3-dev build-essential libnetfilter-queue-dev \
+	podman runc debootstrap
+APT_STAMP := $(VENV)/.apt-installed
+PIP_STAMP := $(VENV)/.pip-installed
+PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
+
+.PHONY: setup demo test lint unit lab-test molecule bench bench-quick lab-up lab-down clean
+
+setup: $(PIP_STAMP)
+
+$(APT_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(PIP_STAMP): $(APT_STAMP) $(PIP_REQS)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e 'files/mptcp_tunnel[dev]' $(foreach r,$(filter %.txt,$(PIP_REQS)),-r $(r))
+	@touch $@
+
+lint: setup
+	cd files/mptcp_tunnel && $(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests && $(BIN)/mypy src
+	$(BIN)/ruff check lab bench
+	@if [ -x $(BIN)/yamllint ]; then $(BIN)/yamllint -s .; fi
+	@if [ -d roles ] && [ -n "$$(ls roles)" ] && [ -x $(BIN)/ansible-lint ]; then $(BIN)/ansible-lint --profile production; fi
+
+unit: setup
+	cd files/mptcp_tunnel && $(BIN)/pytest -q
+
+lab-test: setup
+	$(BIN)/pytest -q lab/tests
+
+molecule: setup
+	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
+
+test: lint unit lab-test molecule
+
+demo: setup
+	$(PY) -m mtlab demo
+
+lab-up: setup
+	$(PY) -m mtlab up
+
+lab-down: setup
+	$(PY) -m mtlab down
+
+bench: setup
+	$(PY) -m run_bench
+
+bench-quick: setup
+	$(PY) -m run_bench --quick
+
+clean: lab-down
+	rm -rf $(VENV)
