@@ -1,0 +1,79 @@
+"""Command line: ``python -m mtlab up|down|status|demo|set``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .lab import Lab, LabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtlab", description="mptcp-tunnel netns lab")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the lab (tearing down leftovers) and start the agents")
+    up.add_argument("--no-agents", action="store_true", help="links only, no agents")
+    sub.add_parser("down", help="remove namespaces, processes and state")
+    sub.add_parser("status", help="print the link parameters and leftovers as JSON")
+    demo = sub.add_parser("demo", help="lab up, measure fixed/cellular/tunnel, lab down")
+    demo.add_argument("--seconds", type=int, default=10, help="measured seconds per test")
+    demo.add_argument("--output", default=None, help="JSON result file (default: repo root)")
+    st = sub.add_parser("set", help="change an access link at runtime")
+    st.add_argument("link", choices=["fixed", "cellular"])
+    st.add_argument("--rate-mbit", type=float)
+    st.add_argument("--delay-ms", type=float)
+    st.add_argument("--loss-pct", type=float)
+    st.add_argument("--cut", action="store_true")
+    st.add_argument("--restore", action="store_true")
+    args = parser.parse_args(argv)
+
+    lab = Lab()
+    try:
+        if args.cmd == "up":
+            lab.up(agents=not args.no_agents)
+            print(f"lab up: namespaces {', '.join(lab.names.values())}; state in {lab.state_dir}")
+        elif args.cmd == "down":
+            lab.down()
+            left = lab.leftovers()
+            if left:
+                print("left behind: " + "; ".join(left), file=sys.stderr)
+                return 1
+            print("lab down: nothing left")
+        elif args.cmd == "status":
+            print(
+                json.dumps(
+                    {
+                        "up": lab.is_up(),
+                        "delay_mode": lab.delay_mode,
+                        "links": {k: vars(v) for k, v in lab.links.items()},
+                        "leftovers": lab.leftovers(),
+                    },
+                    indent=2,
+                )
+            )
+        elif args.cmd == "set":
+            if not lab.is_up():
+                raise LabError("the lab is not up (make lab-up)")
+            p = lab.set_link(
+                args.link, rate_mbit=args.rate_mbit, delay_ms=args.delay_ms, loss_pct=args.loss_pct
+            )
+            if args.cut:
+                lab.cut(args.link)
+            if args.restore:
+                lab.restore(args.link)
+            print(json.dumps({args.link: vars(p)}))
+        elif args.cmd == "demo":
+            from .demo import run_demo
+
+            return run_demo(lab, seconds=args.seconds, output=args.output)
+    except LabError as exc:
+        print(f"mtlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""The ``Lab`` object: build, shape, run agents in and tear down the four-namespace lab."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import procs, shaping, topology
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_DIR = REPO / "lab"
+EXAMPLES = REPO / "files" / "mptcp_tunnel" / "examples"
+STATE_ROOT = Path("/run/mtlab")
+METRICS_PORT = 9477
+QUEUE_NUM = {"fixed": 1, "cellular": 2}
+
+
+class LabError(RuntimeError):
+    """Something in the lab did not come up or behave as required (one-line message)."""
+
+
+@dataclass
+class LinkParams:
+    rate_mbit: float
+    delay_ms: float  # one way, each direction
+    loss_pct: float = 0.0  # each direction, dropped at the receiver's ingress
+    queue_ms: float = 50.0  # tbf queue length, in time at the link rate
+    cut: bool = False
+
+
+def default_links() -> dict[str, LinkParams]:
+    return {
+        "fixed": LinkParams(rate_mbit=10.0, delay_ms=25.0),
+        "cellular": LinkParams(rate_mbit=5.0, delay_ms=25.0),
+    }
+
+
+@dataclass
+class Lab:
+    prefix: str = field(default_factory=lambda: os.environ.get("MT_LAB_PREFIX", "mt-"))
+    links: dict[str, LinkParams] = field(default_factory=default_links)
+    delay_mode: str = "nfqueue"  # or "netem" where the kernel has it (detected at up())
+    _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ names and state
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.prefix
+
+    def ns(self, role: str) -> str:
+        """Namespace name of ``role`` (client, cpe, bgw, server); a full name passes through."""
+        if role in topology.ROLES:
+            return self.prefix + role
+        if role.startswith(self.prefix) and role[len(self.prefix) :] in topology.ROLES:
+            return role
+        raise LabError(f"unknown lab host {role!r} (have: {', '.join(topology.ROLES)})")
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {role: self.ns(role) for role in topology.ROLES}
+
+    def is_up(self) -> bool:
+        return all(topology.exists(n) for n in self.names.values())
+
+    def _save(self) -> None:
+        data = {
+            "delay_mode": self.delay_mode,
+            "links": {k: asdict(v) for k, v in self.links.items()},
+        }
+        (self.state_dir / "links.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def _load(self) -> None:
+        try:
+            data = json.loads((self.state_dir / "links.json").read_text())
+        except (OSError, ValueError):
+            return
+        self.delay_mode = data["delay_mode"]
+        self.links = {k: LinkParams(**v) for k, v in data["links"].items()}
+
+    def __post_init__(self) -> None:
+        if self.is_up():
+            self._load()  # attach to a running lab (e.g. one started by `python -m mtlab up`)
+
+    # ------------------------------------------------------------------ lifecycle
+    def up(self, agents: bool = True) -> None:
+        """Tear down leftovers, build the topology, shape both access links, start the agents."""
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, tc, nftables)")
+        self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            topology.build(self.names)
+            self.delay_mode = (
+                "netem" if shaping.has_netem(self.ns("cpe"), "wan_fixed") else "nfqueue"
+            )
+            for name in topology.ACCESS_LINKS:
+                self._shape(name, initial=True)
+            self._save()
+            if agents:
+                self.start_agents()
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        """Stop every process in the lab's namespaces, remove the namespaces and the state."""
+        pids: list[int] = []
+        for ns in self.names.values():
+            inode = topology.netns_inode(ns)
+            if inode is not None:
+                pids += procs.pids_in_netns(inode)
+        for name in self._pidfile_names():
+            pid = procs.read_pid(self.state_dir, name)
+            if pid is not None and pid not in pids and procs.alive(pid):
+                pids.append(pid)
+        _stop_all(pids)
+        self._children.clear()
+        for ns in self.names.values():
+            topology.remove(ns)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """What of this lab still exists (namespaces, processes, state); empty when clean."""
+        left = [f"netns {ns}" for ns in self.names.values() if topology.exists(ns)]
+        for ns in self.names.values():
+            inode = topology.netns_inode(ns)
+            if inode is not None:
+                left += [f"pid {p} in {ns}" for p in procs.pids_in_netns(inode)]
+        if self.state_dir.exists():
+            left.append(f"state {self.state_dir}")
+        return left
+
+    def _pidfile_names(self) -> list[str]:
+        if not self.state_dir.is_dir():
+            return []
+        return [p.stem for p in self.state_dir.glob("*.pid")]
+
+    # ------------------------------------------------------------------ running things
+    def exec(
+        self,
+        ns: str,
+        argv: list[str],
+        timeout: float | None = 120,
+        check: bool = True,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``ns`` (role or netns name), wait, return its captured text output."""
+        try:
+            res = subprocess.run(
+                procs.ns_argv(self.ns(ns), argv),
+                check=False,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"{' '.join(argv)} in {ns}: no result within {timeout} s") from exc
+        if check and res.returncode != 0:
+            msg = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
+            raise LabError(f"{' '.join(argv)} in {ns} exited {res.returncode}: {msg[0]}")
+        return res
+
+    def popen(self, ns: str, argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        """Start a background process in ``ns``, tracked by ``name`` (pid file + log in state)."""
+        self.stop(name)
+        proc = procs.spawn(self.ns(ns), argv, name, self.state_dir, env=self._env())
+        self._children[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        """Stop a process started with ``popen`` (SIGTERM, then SIGKILL after ``timeout``)."""
+        procs.stop(self.state_dir, name, timeout)
+        child = self._children.pop(name, None)
+        if child is not None:
+            child.poll()
+
+    def alive(self, name: str) -> bool:
+        pid = procs.read_pid(self.state_dir, name)
+        if pid is None:
+            return False
+        child = self._children.get(name)
+        if child is not None:
+            return child.poll() is None
+        return procs.alive(pid)
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.state_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(LAB_DIR), env.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # ------------------------------------------------------------------ link emulation
+    def set_link(
+        self,
+        name: str,
+        rate_mbit: float | None = None,
+        delay_ms: float | None = None,
+        loss_pct: float | None = None,
+        queue_ms: float | None = None,
+    ) -> LinkParams:
+        """Change an access link (``fixed``/``cellular``) at runtime; unset values stay."""
+        p = self._params(name)
+        for key, value in (
+            ("rate_mbit", rate_mbit),
+            ("delay_ms", delay_ms),
+            ("loss_pct", loss_pct),
+            ("queue_ms", queue_ms),
+        ):
+            if value is not None:
+                if (
+                    value < 0
+                    or (key == "rate_mbit" and value <= 0)
+                    or (key == "loss_pct" and value > 100)
+                ):
+                    raise LabError(f"{name}: {key}={value} out of range")
+                setattr(p, key, float(value))
+        self._shape(name)
+        self._save()
+        return p
+
+    def cut(self, name: str) -> None:
+        """Cut an access link: every packet in both directions is dropped (at each ingress)."""
+        self._params(name).cut = True
+        self._apply_loss(name)
+        self._save()
+
+    def restore(self, name: str) -> None:
+        """Undo ``cut``: the link's configured loss applies again."""
+        self._params(name).cut = False
+        self._apply_loss(name)
+        self._save()
+
+    def _params(self, name: str) -> LinkParams:
+        if name not in self.links:
+            raise LabError(f"unknown link {name!r} (have: {', '.join(self.links)})")
+        return self.links[name]
+
+    def _ends(self, name: str) -> tuple[topology.End, topology.End]:
+        w = topology.wire(name)
+        return w.a, w.b
+
+    def _apply_loss(self, name: str) -> None:
+        p = self._params(name)
+        for end in self._ends(name):
+            shaping.set_ingress_drop(self.ns(end.role), end.ifname, p.loss_pct, p.cut)
+
+    def _shape(self, name: str, initial: bool = False) -> None:
+        p = self._params(name)
+        for end in self._ends(name):
+            ns = self.ns(end.role)
+            shaping.set_rate(ns, end.ifname, p.rate_mbit, p.queue_ms)
+            if initial:
+                shaping.nft_ensure_chain(ns, end.ifname)
+            if self.delay_mode == "netem":
+                shaping.set_netem_delay(ns, end.ifname, p.delay_ms)
+            else:
+                self._delayer(ns, end, name, p.delay_ms, initial)
+        self._apply_loss(name)
+
+    def _delayer(
+        self, ns: str, end: topology.End, link: str, delay_ms: float, initial: bool
+    ) -> None:
+        name = f"delay-{end.role}-{end.ifname}"
+        control = self.state_dir / f"{name}.ms"
+        control.write_text(f"{delay_ms}\n")
+        if not initial:
+            pid = procs.read_pid(self.state_dir, name)
+            if pid is None or not procs.alive(pid):
+                raise LabError(f"delayer {name} is not running (see {self.state_dir}/{name}.log)")
+            os.kill(pid, signal.SIGHUP)
+            return
+        argv = [
+            sys.executable,
+            "-m",
+            "mtlab.delayer",
+            "--queue",
+            str(QUEUE_NUM[link]),
+            "--delay-ms",
+            str(delay_ms),
+            "--control",
+            str(control),
+        ]
+        self.popen(ns, argv, name)
+        deadline = time.monotonic() + 10
+        while "delayer: queue" not in self.log(name):
+            if not self.alive(name) or time.monotonic() > deadline:
+                raise LabError(f"delayer {name} did not start: {self.log(name).strip()[-300:]}")
+            time.sleep(0.05)
+        shaping.nfqueue_rule(ns, end.ifname, QUEUE_NUM[link])
+
+    def link_bytes(self, name: str) -> dict[str, int]:
+        """Bytes sent each way on an access link so far: ``{"up": cpe->bgw, "down": bgw->cpe}``."""
+        a, b = self._ends(name)
+        return {
+            "up": topology.link_stats(self.ns(a.role), a.ifname)["tx_bytes"],
+            "down": topology.link_stats(self.ns(b.role), b.ifname)["tx_bytes"],
+        }
+
+    # ------------------------------------------------------------------ agents
+    def agent_bin(self) -> str:
+        for cand in (Path(sys.executable).parent / "mptcp-tunnel", REPO / ".venv/bin/mptcp-tunnel"):
+            if cand.exists():
+                return str(cand)
+        raise LabError("mptcp-tunnel not installed in the venv (run `make setup`)")
+
+    def agent_config(self, role: str) -> dict[str, Any]:
+        """The agent config the lab uses: the example file (same values as the lab plan)."""
+        with open(EXAMPLES / f"{role}.yaml") as fh:
+            cfg: dict[str, Any] = yaml.safe_load(fh)
+        return cfg
+
+    def write_agent_config(self, role: str, cfg: dict[str, Any] | None = None) -> Path:
+        path = self.state_dir / f"{role}.yaml"
+        path.write_text(yaml.safe_dump(cfg if cfg is not None else self.agent_config(role)))
+        return path
+
+    def start_agent(self, role: str, cfg: dict[str, Any] | None = None) -> None:
+        if role not in topology.ROUTERS:
+            raise LabError(f"agents run on cpe and bgw, not {role!r}")
+        path = self.write_agent_config(role, cfg)
+        self.popen(role, [self.agent_bin(), "run", "--config", str(path)], f"agent-{role}")
+
+    def start_agents(self, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the BGW then the CPE agent; with ``wait``, until traffic crosses the tunnel."""
+        self.start_agent("bgw")
+        self.start_agent("cpe")
+        if wait:
+            self.wait_tunnel(timeout)
+
+    def stop_agent(self, role: str, timeout: float = 10.0) -> None:
+        self.stop(f"agent-{role}", timeout)
+
+    def restart_agent(self, role: str) -> None:
+        cfg_path = self.state_dir / f"{role}.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else None
+        self.stop_agent(role)
+        self.start_agent(role, cfg)
+
+    def agent_alive(self, role: str) -> bool:
+        return self.alive(f"agent-{role}")
+
+    def metrics(self, role: str) -> dict[str, float]:
+        """The agent's Prometheus samples as ``{'name{label="v",...}': value}``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        res = self.exec(
+            role,
+            ["curl", "-sf", "--max-time", "3", f"http://127.0.0.1:{METRICS_PORT}/metrics"],
+            timeout=10,
+        )
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(res.stdout):
+            for s in fam.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return out
+
+    def ping(self, src: str, dst: str, count: int = 1, timeout: float = 2.0) -> bool:
+        res = self.exec(
+            src,
+            ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout), dst],
+            check=False,
+            timeout=count * timeout + 5,
+        )
+        return res.returncode == 0
+
+    def wait_tunnel(self, timeout: float = 30.0) -> float:
+        """Wait until client->server ping crosses the tunnel; returns the seconds it took."""
+        start = time.monotonic()
+        server = topology.address("server", "eth0")
+        while time.monotonic() - start < timeout:
+            for role in topology.ROUTERS:
+                if not self.agent_alive(role):
+                    raise LabError(
+                        f"{role} agent exited: {self.log('agent-' + role).strip()[-400:]}"
+                    )
+            if self.ping("client", server, timeout=1):
+                return time.monotonic() - start
+        raise LabError(f"no traffic through the tunnel after {timeout} s")
+
+
+def _stop_all(pids: list[int], timeout: float = 5.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(procs.alive(p) for p in pids):
+        for p in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p, os.WNOHANG)
+        time.sleep(0.05)
+    for pid in pids:
+        if procs.alive(pid):
+            procs.terminate(pid, timeout=2.0, sig=signal.SIGKILL)

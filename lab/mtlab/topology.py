@@ -1,0 +1,165 @@
+"""The lab's addressing plan (DESIGN.md, a contract) and building/removing it with pyroute2."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+ROLES = ("client", "cpe", "bgw", "server")
+ROUTERS = ("cpe", "bgw")
+MTU = 1500
+IFA_F_NODAD = 0x02
+
+
+@dataclass(frozen=True)
+class End:
+    role: str
+    ifname: str
+    addrs: tuple[str, ...]  # "address/prefixlen"
+
+
+@dataclass(frozen=True)
+class Wire:
+    name: str
+    a: End
+    b: End
+
+
+WIRES = (
+    Wire(
+        "client-lan",
+        End("cpe", "lan0", ("192.168.10.1/24", "fd00:10::1/64")),
+        End("client", "eth0", ("192.168.10.2/24", "fd00:10::2/64")),
+    ),
+    Wire(
+        "fixed", End("cpe", "wan_fixed", ("10.1.0.1/30",)), End("bgw", "fixed0", ("10.1.0.2/30",))
+    ),
+    Wire(
+        "cellular", End("cpe", "wan_cell", ("10.2.0.1/30",)), End("bgw", "cell0", ("10.2.0.2/30",))
+    ),
+    Wire(
+        "server-lan",
+        End("bgw", "lan0", ("172.16.0.1/24", "fd00:172::1/64")),
+        End("server", "eth0", ("172.16.0.2/24", "fd00:172::2/64")),
+    ),
+)
+ACCESS_LINKS = ("fixed", "cellular")
+
+# (role, destination, gateway)
+ROUTES = (
+    ("client", "0.0.0.0/0", "192.168.10.1"),
+    ("client", "::/0", "fd00:10::1"),
+    ("server", "0.0.0.0/0", "172.16.0.1"),
+    ("server", "::/0", "fd00:172::1"),
+)
+
+SYSCTLS_ALL = {
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/accept_dad": "0",
+}
+SYSCTLS_ROUTER = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/forwarding": "1",
+    "net/ipv6/conf/default/forwarding": "1",
+}
+
+
+def wire(name: str) -> Wire:
+    for w in WIRES:
+        if w.name == name:
+            return w
+    raise KeyError(f"no such link {name!r} (have: {', '.join(w.name for w in WIRES)})")
+
+
+def address(role: str, ifname: str | None = None, family: int = 4) -> str:
+    """First address (without prefix length) of ``role`` (on ``ifname``) in ``family``."""
+    for w in WIRES:
+        for end in (w.a, w.b):
+            if end.role == role and (ifname is None or end.ifname == ifname):
+                for a in end.addrs:
+                    ip = a.split("/")[0]
+                    if (":" in ip) == (family == 6):
+                        return ip
+    raise KeyError(f"no IPv{family} address for {role} {ifname or ''}")
+
+
+def exists(ns: str) -> bool:
+    return ns in netns.listnetns()
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """Run the block with the calling thread inside ``ns`` (for /proc/sys/net writes)."""
+    netns.pushns(ns)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+def set_sysctls(ns: str, values: dict[str, str]) -> None:
+    with in_netns(ns):
+        for key, value in values.items():
+            with open(f"/proc/sys/{key}", "w") as fh:
+                fh.write(value)
+
+
+def netns_inode(ns: str) -> int | None:
+    try:
+        return os.stat(os.path.join(netns.NETNS_RUN_DIR, ns)).st_ino
+    except OSError:
+        return None
+
+
+def build(names: dict[str, str]) -> None:
+    """Create namespaces, veths, addresses, routes and sysctls. ``names``: role -> netns."""
+    for role in ROLES:
+        netns.create(names[role])
+    for role in ROLES:
+        with IPRoute(netns=names[role]) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        set_sysctls(names[role], SYSCTLS_ALL | (SYSCTLS_ROUTER if role in ROUTERS else {}))
+    for w in WIRES:
+        with IPRoute(netns=names[w.a.role]) as ipr:
+            ipr.link(
+                "add",
+                ifname=w.a.ifname,
+                kind="veth",
+                peer={"ifname": w.b.ifname, "net_ns_fd": names[w.b.role]},
+            )
+        for end in (w.a, w.b):
+            with IPRoute(netns=names[end.role]) as ipr:
+                idx = ipr.link_lookup(ifname=end.ifname)[0]
+                ipr.link("set", index=idx, mtu=MTU)
+                for cidr in end.addrs:
+                    ip, plen = cidr.split("/")
+                    ipr.addr("add", index=idx, address=ip, prefixlen=int(plen), flags=IFA_F_NODAD)
+                ipr.link("set", index=idx, state="up")
+    for role, dst, gw in ROUTES:
+        with IPRoute(netns=names[role]) as ipr:
+            family = 10 if ":" in dst else 2
+            ipr.route("add", dst=dst, gateway=gw, family=family)
+
+
+def remove(ns: str) -> None:
+    try:
+        netns.remove(ns)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    except NetlinkError:  # pragma: no cover - pyroute2 variants
+        pass
+
+
+def link_stats(ns: str, ifname: str) -> dict[str, int]:
+    """Kernel counters (IFLA_STATS64) of ``ifname`` in ``ns``."""
+    with IPRoute(netns=ns) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+        stats = link.get_attr("IFLA_STATS64")
+        return {k: int(stats[k]) for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")}
