@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONPATH := $(abspath lab):$(abspath bench)
 
 # Debian packages the lab, the tests and Molecule use.
-APT_PACKAGES := iperf3 mptcpd iproute2 nftables iptables curl ethtool procps \
+APT_PACKAGES := iperf3 mptcpd iproute2 iputils-ping nftables iptables curl ethtool procps \
 	python3-venv python3-dev build-essential libnetfilter-queue-dev \
 	podman runc debootstrap
 APT_STAMP := $(VENV)/.apt-installed
