@@ -1,0 +1,5 @@
+import sys
+
+from mptcp_tunnel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""Command line: ``mptcp-tunnel run|check-config|setup-network``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+from mptcp_tunnel import __version__, exitcodes, metrics, netsetup
+from mptcp_tunnel.config import AgentConfig, ConfigError, load_config
+from mptcp_tunnel.mptcp import MptcpUnavailable
+from mptcp_tunnel.runtime import Runtime
+from mptcp_tunnel.tun import TunError
+
+log = logging.getLogger("mptcp_tunnel")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mptcp-tunnel", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent in the foreground (role from the config)")
+    run.add_argument("--config", required=True, metavar="FILE")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", metavar="FILE")
+    net = sub.add_parser(
+        "setup-network", help="apply MPTCP limits, endpoints and policy routing from the config"
+    )
+    net.add_argument("--config", required=True, metavar="FILE")
+    net.add_argument("--check", action="store_true", help="report what would change, change nothing")
+    net.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    under_journald = "JOURNAL_STREAM" in os.environ  # journald adds its own timestamps
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=level.upper(),
+        format=fmt if under_journald else "%(asctime)s " + fmt,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mptcp-tunnel: config error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    if args.command == "check-config":
+        print(f"{args.config}: OK ({cfg.role}, mode {cfg.mode})")
+        return exitcodes.OK
+    if args.command == "setup-network":
+        return _setup_network(cfg, args.check, args.json)
+    return _run(cfg)
+
+
+def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
+    try:
+        report = netsetup.apply(cfg, check=check)
+    except netsetup.NetworkSetupError as exc:
+        print(f"mptcp-tunnel: {exc}", file=sys.stderr)
+        return exitcodes.NO_MPTCP
+    if as_json:
+        print(json.dumps({"changed": report.changed, "changes": report.changes, "problems": report.problems}))
+    else:
+        for line in report.changes or ["nothing to change"]:
+            print(("would " if check and report.changes else "") + line)
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    return exitcodes.RUNTIME_ERROR if report.problems else exitcodes.OK
+
+
+def _run(cfg: AgentConfig) -> int:
+    _setup_logging(cfg.log_level)
+    runtime = Runtime()
+    runtime.install_signal_handlers()
+    try:
+        metrics.serve(cfg.metrics_listen)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s: %s", cfg.metrics_listen, exc.strerror)
+        return exitcodes.RUNTIME_ERROR
+    try:
+        if cfg.mode == "hya":
+            # The HYA baseline (benchmarks only) is loaded on demand.
+            hya_io = importlib.import_module("mptcp_tunnel.hya_io")
+            return int(hya_io.run_hya(cfg, cfg.hya, runtime.stop))
+        if cfg.role == "cpe":
+            from mptcp_tunnel.cpe import CpeAgent
+
+            return CpeAgent(cfg, runtime).run()
+        from mptcp_tunnel.bgw import BgwAgent
+
+        return BgwAgent(cfg, runtime).run()
+    except MptcpUnavailable as exc:
+        log.error("%s", exc)
+        return exitcodes.NO_MPTCP
+    except TunError as exc:
+        log.error("%s", exc)
+        return exitcodes.RUNTIME_ERROR

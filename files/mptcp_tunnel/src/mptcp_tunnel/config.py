@@ -1,0 +1,376 @@
+"""Agent configuration: one YAML file, validated completely before anything starts.
+
+Every problem is reported as one line that names the file and the key, e.g.
+``/etc/mptcp-tunnel/cpe.yaml: cpe.links[1].address: '10.2.0.x' is not an IP address``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+CPE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")  # "mt-" + id fits IFNAMSIZ (15)
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
+MIN_SECRET_LEN = 8
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator (one line)."""
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    port: int = 7440
+    tun_name: str = "mt0"
+    mtu: int = 1500
+    batch_bytes: int = 65536
+    batch_timeout_us: int = 1000
+    max_frame_bytes: int = 65535
+    keepalive_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MptcpLimits:
+    subflows: int = 2
+    add_addr_accepted: int = 2
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    kind: Literal["fixed", "cellular"]
+    interface: str
+    address: IPAddress
+    gateway: IPAddress | None
+    table: int
+
+
+@dataclass(frozen=True)
+class CpeSettings:
+    id: str
+    secret: bytes
+    bgw_address: IPAddress
+    policy: Literal["aggregate", "backup"]
+    routes: tuple[IPNetwork, ...]
+    reconnect_initial_s: float
+    reconnect_max_s: float
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class CpeEntry:
+    """A CPE as the BGW knows it."""
+
+    id: str
+    secret: bytes
+    prefixes: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class BgwSettings:
+    listen_address: IPAddress
+    cpes: tuple[CpeEntry, ...]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: str
+    role: Literal["cpe", "bgw"]
+    mode: Literal["mptcp", "hya"] = "mptcp"
+    log_level: str = "info"
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9477)
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    mptcp: MptcpLimits = field(default_factory=MptcpLimits)
+    cpe: CpeSettings | None = None
+    bgw: BgwSettings | None = None
+    hya: Any = None  # mptcp_tunnel.hya_core.HyaSettings when mode is "hya"
+
+
+class _Section:
+    """Reads one mapping of the YAML tree, remembering where it is for error messages."""
+
+    def __init__(self, raw: object, where: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_kind(raw)}")
+        self.raw: dict[str, object] = raw
+        self.where = where
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, default: object = None, *, required: bool = False) -> object:
+        self.seen.add(name)
+        if name not in self.raw or self.raw[name] is None:
+            if required:
+                raise ConfigError(f"{self.key(name)}: missing (required)")
+            return default
+        return self.raw[name]
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.key(name)}: expected an integer, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self.key(name)}: expected a number, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
+        return float(value)
+
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.get(name, default, required=required)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.key(name)}: expected a string, got {_kind(value)}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise ConfigError(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def address(self, name: str, *, required: bool = True) -> IPAddress | None:
+        value = self.get(name, required=required)
+        if value is None:
+            return None
+        try:
+            return ipaddress.ip_address(str(value))
+        except ValueError:
+            raise ConfigError(f"{self.key(name)}: {value!r} is not an IP address") from None
+
+    def networks(self, name: str) -> tuple[IPNetwork, ...]:
+        value = self.get(name, required=True)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{self.key(name)}: expected a non-empty list of prefixes")
+        nets = []
+        for i, item in enumerate(value):
+            try:
+                nets.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError as exc:
+                raise ConfigError(f"{self.key(name)}[{i}]: {item!r} is not a prefix ({exc})") from None
+        return tuple(nets)
+
+    def section(self, name: str, *, required: bool = False) -> _Section:
+        return _Section(self.get(name, {}, required=required), self.key(name))
+
+    def sections(self, name: str) -> list[_Section]:
+        value = self.get(name, required=True)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{self.key(name)}: expected a non-empty list")
+        return [_Section(item, f"{self.key(name)}[{i}]") for i, item in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.key(str(unknown[0]))}: unknown key")
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _secret(sec: _Section, base_dir: Path) -> bytes:
+    inline = sec.get("secret")
+    path = sec.get("secret_file")
+    if (inline is None) == (path is None):
+        raise ConfigError(f"{sec.key('secret')}: set exactly one of secret or secret_file")
+    if inline is not None:
+        if not isinstance(inline, str):
+            raise ConfigError(f"{sec.key('secret')}: expected a string, got {_kind(inline)}")
+        secret = inline.encode()
+    else:
+        file = base_dir / str(path)
+        try:
+            secret = file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{sec.key('secret_file')}: cannot read {file}: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_LEN:
+        raise ConfigError(f"{sec.key('secret')}: shorter than {MIN_SECRET_LEN} bytes")
+    return secret
+
+
+def _cpe_id(sec: _Section) -> str:
+    value = sec.string("id", required=True)
+    if not CPE_ID_RE.match(value):
+        raise ConfigError(f"{sec.key('id')}: {value!r} must match {CPE_ID_RE.pattern}")
+    return value
+
+
+def _interface(sec: _Section, name: str, default: str | None = None) -> str:
+    value = sec.string(name, default, required=default is None)
+    if not IFNAME_RE.match(value):
+        raise ConfigError(f"{sec.key(name)}: {value!r} is not a valid interface name")
+    return value
+
+
+def _tunnel(sec: _Section) -> TunnelSettings:
+    t = TunnelSettings(
+        port=sec.integer("port", 7440, 1, 65535),
+        tun_name=_interface(sec, "tun_name", "mt0"),
+        mtu=sec.integer("mtu", 1500, 1280, 65535),
+        batch_bytes=sec.integer("batch_bytes", 65536, 1500, 4 * 1024 * 1024),
+        batch_timeout_us=sec.integer("batch_timeout_us", 1000, 0, 1_000_000),
+        max_frame_bytes=sec.integer("max_frame_bytes", 65535, 1280, 65535),
+        keepalive_s=sec.number("keepalive_s", 10.0, 0.5, 3600.0),
+    )
+    sec.finish()
+    if t.max_frame_bytes < t.mtu:
+        raise ConfigError(f"{sec.key('max_frame_bytes')}: {t.max_frame_bytes} is below mtu {t.mtu}")
+    return t
+
+
+def _links(sec: _Section) -> tuple[Link, ...]:
+    links = []
+    for ls in sec.sections("links"):
+        gateway = ls.address("gateway", required=False)
+        link = Link(
+            name=ls.string("name", required=True),
+            kind=ls.choice("kind", "fixed", ("fixed", "cellular")),  # type: ignore[arg-type]
+            interface=_interface(ls, "interface"),
+            address=ls.address("address"),  # type: ignore[arg-type]
+            gateway=gateway,
+            table=ls.integer("table", 0, 1, 2**31 - 1),
+        )
+        if link.table in RESERVED_TABLES:
+            raise ConfigError(f"{ls.key('table')}: {link.table} is a reserved routing table")
+        if gateway is not None and gateway.version != link.address.version:
+            raise ConfigError(f"{ls.key('gateway')}: address family differs from address")
+        ls.finish()
+        links.append(link)
+    for attr in ("name", "interface", "address", "table"):
+        values = [getattr(link, attr) for link in links]
+        dupes = {v for v in values if values.count(v) > 1}
+        if dupes:
+            raise ConfigError(f"{sec.key('links')}: duplicate {attr} {sorted(map(str, dupes))[0]}")
+    return tuple(links)
+
+
+def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
+    cpe = CpeSettings(
+        id=_cpe_id(sec),
+        secret=_secret(sec, base_dir),
+        bgw_address=sec.address("bgw_address"),  # type: ignore[arg-type]
+        policy=sec.choice("policy", "aggregate", ("aggregate", "backup")),  # type: ignore[arg-type]
+        routes=sec.networks("routes"),
+        reconnect_initial_s=sec.number("reconnect_initial_s", 0.5, 0.05, 60.0),
+        reconnect_max_s=sec.number("reconnect_max_s", 30.0, 0.1, 3600.0),
+        links=_links(sec),
+    )
+    sec.finish()
+    if cpe.reconnect_max_s < cpe.reconnect_initial_s:
+        raise ConfigError(f"{sec.key('reconnect_max_s')}: below reconnect_initial_s")
+    families = {link.address.version for link in cpe.links}
+    if cpe.bgw_address.version not in families:
+        raise ConfigError(f"{sec.key('bgw_address')}: no link has an address of the same family")
+    return cpe
+
+
+def _bgw(sec: _Section, base_dir: Path) -> BgwSettings:
+    cpes = []
+    for cs in sec.sections("cpes"):
+        cpes.append(CpeEntry(id=_cpe_id(cs), secret=_secret(cs, base_dir), prefixes=cs.networks("prefixes")))
+        cs.finish()
+    bgw = BgwSettings(listen_address=sec.address("listen_address"), cpes=tuple(cpes))  # type: ignore[arg-type]
+    sec.finish()
+    ids = [c.id for c in cpes]
+    for cpe_id in ids:
+        if ids.count(cpe_id) > 1:
+            raise ConfigError(f"{sec.key('cpes')}: duplicate CPE id {cpe_id!r}")
+    owned = [(net, c.id) for c in cpes for net in c.prefixes]
+    for i, (net_a, id_a) in enumerate(owned):
+        for net_b, id_b in owned[i + 1 :]:
+            if net_a.version == net_b.version and net_a.overlaps(net_b):
+                raise ConfigError(
+                    f"{sec.key('cpes')}: prefix {net_a} of {id_a!r} overlaps {net_b} of {id_b!r}"
+                )
+    return bgw
+
+
+def _listen(sec: _Section) -> tuple[str, int] | None:
+    value = sec.string("metrics_listen", "127.0.0.1:9477")
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        port_no = int(port)
+    except ValueError:
+        port_no = -1
+    if not sep or not 1 <= port_no <= 65535:
+        raise ConfigError(f"metrics_listen: {value!r} is not 'address:port'")
+    return host.strip("[]"), port_no
+
+
+def parse_config(raw: object, path: str) -> AgentConfig:
+    """Validate an already-loaded YAML document. Raises ConfigError naming file and key."""
+    try:
+        top = _Section(raw, "")
+        role = top.choice("role", "", ("cpe", "bgw"))
+        mode = top.choice("mode", "mptcp", ("mptcp", "hya"))
+        base_dir = Path(path).parent
+        cfg = AgentConfig(
+            path=path,
+            role=role,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]
+            log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
+            metrics_listen=_listen(top),
+            tunnel=_tunnel(top.section("tunnel")),
+            mptcp=_limits(top.section("mptcp")),
+            cpe=_cpe(top.section("cpe", required=True), base_dir) if role == "cpe" else None,
+            bgw=_bgw(top.section("bgw", required=True), base_dir) if role == "bgw" else None,
+            hya=_hya(top.section("hya")) if mode == "hya" else None,
+        )
+        other = "bgw" if role == "cpe" else "cpe"
+        if other in top.raw:
+            raise ConfigError(f"{other}: not allowed when role is {role}")
+        top.finish()
+        return cfg
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _limits(sec: _Section) -> MptcpLimits:
+    limits = MptcpLimits(
+        subflows=sec.integer("subflows", 2, 0, 8),
+        add_addr_accepted=sec.integer("add_addr_accepted", 2, 0, 8),
+    )
+    sec.finish()
+    return limits
+
+
+def _hya(sec: _Section) -> Any:
+    from mptcp_tunnel import hya_core  # only needed for the HYA baseline mode
+
+    sec.seen.update(sec.raw)
+    return hya_core.parse_hya(sec.raw, sec.where)
+
+
+def load_config(path: str) -> AgentConfig:
+    """Read and validate a config file. Raises ConfigError with a one-line message."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}{problem}") from None
+    return parse_config(raw, path)

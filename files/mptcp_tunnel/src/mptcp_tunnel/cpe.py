@@ -1,0 +1,134 @@
+"""CPE role: keep one authenticated MPTCP session to the BGW, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
+from mptcp_tunnel import handshake as hs
+from mptcp_tunnel.backoff import Backoff
+from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_config
+from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket
+from mptcp_tunnel.runtime import TICK_S, Runtime
+from mptcp_tunnel.session import Session
+from mptcp_tunnel.tun import open_tun, sync_routes
+
+log = logging.getLogger("mptcp_tunnel.cpe")
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+class ConnectFailed(Exception):
+    pass
+
+
+class CpeAgent:
+    def __init__(self, cfg: AgentConfig, runtime: Runtime) -> None:
+        assert cfg.cpe is not None
+        self.cfg = cfg
+        self.rt = runtime
+        self.backoff = Backoff(cfg.cpe.reconnect_initial_s, cfg.cpe.reconnect_max_s)
+        runtime.on_reload = self.reload
+
+    @property
+    def cpe(self) -> CpeSettings:
+        assert self.cfg.cpe is not None
+        return self.cfg.cpe
+
+    def run(self) -> int:
+        netsetup.apply_logged(self.cfg)
+        tun_fd = open_tun(self.cfg.tunnel.tun_name, self.cfg.tunnel.mtu)
+        try:
+            sync_routes(self.cfg.tunnel.tun_name, self.cpe.routes)
+            sdnotify.notify("READY=1")
+            log.info(
+                "CPE %s up: TUN %s, BGW %s port %d",
+                self.cpe.id,
+                self.cfg.tunnel.tun_name,
+                self.cpe.bgw_address,
+                self.cfg.tunnel.port,
+            )
+            return self._loop(tun_fd)
+        finally:
+            os.close(tun_fd)
+
+    def _loop(self, tun_fd: int) -> int:
+        attempt = 0
+        while not self.rt.stop.is_set():
+            if attempt:
+                metrics.RECONNECTS.inc()
+            attempt += 1
+            try:
+                sock, link_name = self.connect()
+            except MptcpFallback as exc:
+                metrics.FALLBACKS.inc()
+                log.error("refusing to run as plain TCP: %s (is MPTCP blocked on the path?)", exc)
+                return exitcodes.FALLBACK
+            except (ConnectFailed, Rejected) as exc:
+                delay = self.backoff.next_delay()
+                log.warning("cannot reach the BGW: %s; retrying in %.1f s", exc, delay)
+                self.rt.sleep(delay)
+                continue
+            self.backoff.reset()
+            session = Session(sock, tun_fd, self.cpe.id, self.cfg.tunnel)
+            session.start()
+            log.info("session up via the %s link", link_name)
+            while not session.ended.wait(TICK_S):
+                session.poll_info()
+                self.rt.tick()
+                if self.rt.stop.is_set():
+                    session.close("local_stop: agent stopping")
+            session.join()
+            if session.reason.startswith("fallback"):
+                log.error("session ended: %s", session.reason)
+                return exitcodes.FALLBACK
+            if not self.rt.stop.is_set():
+                delay = self.backoff.next_delay()
+                log.warning("session ended: %s; reconnecting in %.1f s", session.reason, delay)
+                self.rt.sleep(delay)
+        log.info("stopped")
+        return exitcodes.OK
+
+    def connect(self) -> tuple[socket.socket, str]:
+        """Connect from each link's address in turn (primary first) and authenticate."""
+        errors = []
+        for link in self.cpe.links:
+            family = socket.AF_INET if link.address.version == 4 else socket.AF_INET6
+            if self.cpe.bgw_address.version != link.address.version:
+                continue
+            sock = mptcp_socket(family)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT_S)
+                sock.bind((str(link.address), 0))
+                sock.connect((str(self.cpe.bgw_address), self.cfg.tunnel.port))
+                mptcp_info(sock)  # raises MptcpFallback if MP_CAPABLE did not survive the path
+                sock.settimeout(HANDSHAKE_TIMEOUT_S)
+                client_handshake(sock, self.cpe, hs.Feature.NONE)
+                sock.settimeout(None)
+                return sock, link.name
+            except (MptcpFallback, Rejected):
+                sock.close()
+                raise
+            except (OSError, hs.HandshakeError) as exc:
+                sock.close()
+                errors.append(f"{link.name}: {getattr(exc, 'strerror', None) or exc}")
+        raise ConnectFailed("; ".join(errors))
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.cfg.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        if new.role != "cpe" or new.tunnel.tun_name != self.cfg.tunnel.tun_name:
+            log.error("reload refused: role and tunnel.tun_name need a restart")
+            return
+        assert new.cpe is not None
+        self.cfg = new
+        self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
+        netsetup.apply_logged(new)
+        sync_routes(new.tunnel.tun_name, new.cpe.routes)
+        log.info("config reloaded (BGW address, port and secret apply from the next connection)")

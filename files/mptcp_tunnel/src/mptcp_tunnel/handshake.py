@@ -1,0 +1,164 @@
+"""Handshake messages before the first data byte (sans-I/O).
+
+    BGW -> CPE  CHALLENGE  server nonce
+    CPE -> BGW  HELLO      cpe id, client nonce, features, HMAC(secret, "hello" | both nonces | id | features)
+    BGW -> CPE  WELCOME    accepted features, HMAC(secret, "welcome" | both nonces | id | features)
+                or REJECT  reason text
+
+Challenge-response with nonces from both sides: no clock needed on the CPE, nothing to replay, and the
+CPE authenticates the BGW too. The secret never crosses the wire. Every message is
+
+    magic "\\x0fMTN" | version (1) | type (1) | body length (2, BE) | body
+
+The magic's first nibble is 0, so a stray handshake message can never be taken for an IP packet.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"\x0fMTN"
+VERSION = 1
+HEADER = struct.Struct("!4sBBH")
+MAX_BODY = 1024
+NONCE_LEN = 16
+MAC_LEN = 32
+
+
+class Feature(enum.IntFlag):
+    """Negotiated options; a feature is on only if both sides offer it."""
+
+    NONE = 0
+    VNET_HDR = 1  # each frame carries a virtio-net header (TUN offload mode)
+
+
+class MsgType(enum.IntEnum):
+    CHALLENGE = 1
+    HELLO = 2
+    WELCOME = 3
+    REJECT = 4
+
+
+class HandshakeError(Exception):
+    """The peer is not speaking our protocol, or failed authentication."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Hello:
+    cpe_id: str
+    nonce: bytes
+    features: Feature
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class Welcome:
+    features: Feature
+    mac: bytes
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_LEN)
+
+
+def _frame(mtype: MsgType, body: bytes) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, mtype, len(body)) + body
+
+
+def parse_header(data: bytes) -> tuple[MsgType, int]:
+    """Validate the fixed header (HEADER.size bytes); return message type and body length."""
+    magic, version, mtype, length = HEADER.unpack(data)
+    if magic != MAGIC:
+        raise HandshakeError("bad_magic", "peer does not speak the mptcp-tunnel protocol")
+    if version != VERSION:
+        raise HandshakeError("bad_version", f"protocol version {version}, expected {VERSION}")
+    if mtype not in MsgType._value2member_map_:
+        raise HandshakeError("bad_message", f"unknown message type {mtype}")
+    if length > MAX_BODY:
+        raise HandshakeError("bad_message", f"body of {length} bytes > {MAX_BODY}")
+    return MsgType(mtype), length
+
+
+def _mac(
+    secret: bytes,
+    label: bytes,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    cpe_id: str,
+    features: int,
+) -> bytes:
+    msg = label + server_nonce + client_nonce + cpe_id.encode() + struct.pack("!I", features)
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def encode_challenge(server_nonce: bytes) -> bytes:
+    return _frame(MsgType.CHALLENGE, server_nonce)
+
+
+def decode_challenge(body: bytes) -> bytes:
+    if len(body) != NONCE_LEN:
+        raise HandshakeError("bad_message", f"challenge of {len(body)} bytes")
+    return body
+
+
+def encode_hello(
+    cpe_id: str, secret: bytes, server_nonce: bytes, client_nonce: bytes, features: Feature
+) -> bytes:
+    ident = cpe_id.encode()
+    mac = _mac(secret, b"hello", server_nonce, client_nonce, cpe_id, features)
+    body = struct.pack("!I16sB", features, client_nonce, len(ident)) + ident + mac
+    return _frame(MsgType.HELLO, body)
+
+
+def decode_hello(body: bytes) -> Hello:
+    fixed = struct.calcsize("!I16sB")
+    if len(body) < fixed + MAC_LEN:
+        raise HandshakeError("bad_message", "hello too short")
+    features, nonce, id_len = struct.unpack_from("!I16sB", body)
+    if len(body) != fixed + id_len + MAC_LEN:
+        raise HandshakeError("bad_message", "hello length does not match its id length")
+    try:
+        cpe_id = body[fixed : fixed + id_len].decode("ascii")
+    except UnicodeDecodeError:
+        raise HandshakeError("bad_message", "CPE id is not ASCII") from None
+    return Hello(cpe_id, nonce, Feature(features & Feature.VNET_HDR), body[fixed + id_len :])
+
+
+def verify_hello(hello: Hello, secret: bytes, server_nonce: bytes) -> None:
+    expected = _mac(secret, b"hello", server_nonce, hello.nonce, hello.cpe_id, hello.features)
+    if not hmac.compare_digest(expected, hello.mac):
+        raise HandshakeError("auth_failed", f"bad HMAC from CPE {hello.cpe_id!r}")
+
+
+def encode_welcome(hello: Hello, secret: bytes, server_nonce: bytes, features: Feature) -> bytes:
+    mac = _mac(secret, b"welcome", server_nonce, hello.nonce, hello.cpe_id, features)
+    return _frame(MsgType.WELCOME, struct.pack("!I", features) + mac)
+
+
+def decode_welcome(
+    body: bytes, cpe_id: str, secret: bytes, server_nonce: bytes, client_nonce: bytes
+) -> Welcome:
+    if len(body) != 4 + MAC_LEN:
+        raise HandshakeError("bad_message", "welcome has the wrong length")
+    (features,) = struct.unpack_from("!I", body)
+    expected = _mac(secret, b"welcome", server_nonce, client_nonce, cpe_id, features)
+    if not hmac.compare_digest(expected, body[4:]):
+        raise HandshakeError("auth_failed", "the BGW does not know our secret")
+    return Welcome(Feature(features & Feature.VNET_HDR), body[4:])
+
+
+def encode_reject(reason: str) -> bytes:
+    return _frame(MsgType.REJECT, reason.encode()[:MAX_BODY])
+
+
+def decode_reject(body: bytes) -> str:
+    return body.decode("utf-8", "replace")

@@ -1,0 +1,65 @@
+"""MPTCP sockets: creation, fallback detection and connection info.
+
+Python does not export SOL_MPTCP or MPTCP_INFO; the values come from <linux/mptcp.h>.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+SOL_MPTCP = 284
+MPTCP_INFO = 1
+MPTCP_INFO_FLAG_FALLBACK = 1
+ENABLED_SYSCTL = Path("/proc/sys/net/mptcp/enabled")
+
+
+class MptcpUnavailable(Exception):
+    """The kernel cannot give us MPTCP sockets."""
+
+
+class MptcpFallback(Exception):
+    """A connection that was meant to be MPTCP is running as plain TCP."""
+
+
+@dataclass(frozen=True)
+class MptcpInfo:
+    subflows: int  # established subflows, the initial one included
+    bytes_sent: int
+    bytes_received: int
+    retransmits: int
+
+
+def mptcp_socket(family: socket.AddressFamily) -> socket.socket:
+    try:
+        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    except OSError as exc:
+        if exc.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
+            if not ENABLED_SYSCTL.exists():
+                hint = "this kernel has no MPTCP (CONFIG_MPTCP); use an MPTCP-capable kernel"
+            else:
+                hint = "MPTCP is disabled: set net.mptcp.enabled=1"
+            raise MptcpUnavailable(f"cannot create an MPTCP socket ({exc.strerror}): {hint}") from None
+        raise
+
+
+def mptcp_info(sock: socket.socket) -> MptcpInfo:
+    """Connection-level info; raises MptcpFallback when the connection runs as plain TCP."""
+    try:
+        data = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 256)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+            raise MptcpFallback("the connection fell back to plain TCP (MP_CAPABLE missing)") from None
+        raise
+    (flags,) = struct.unpack_from("=I", data, 8)
+    if flags & MPTCP_INFO_FLAG_FALLBACK:
+        raise MptcpFallback("the connection fell back to plain TCP")
+    # struct mptcp_info: u8 subflows @0 (extra subflows), u32 retransmits @48,
+    # u64 bytes_sent @64, u64 bytes_received @72 (layout from <linux/mptcp.h>, 5.19+).
+    retransmits = struct.unpack_from("=I", data, 48)[0] if len(data) >= 52 else 0
+    sent, received = struct.unpack_from("=QQ", data, 64) if len(data) >= 80 else (0, 0)
+    return MptcpInfo(subflows=data[0] + 1, bytes_sent=sent, bytes_received=received, retransmits=retransmits)

@@ -1,0 +1,317 @@
+"""Host network state the tunnel needs, applied idempotently over netlink (pyroute2).
+
+- MPTCP path-manager limits (subflows, add_addr_accepted).
+- One MPTCP endpoint per access link (CPE): flag ``subflow``, plus ``backup`` for the cellular link
+  under the ``backup`` policy. A changed backup flag is switched in place (MPTCP_PM_CMD_SET_FLAGS), so
+  the running connection keeps its subflows.
+- Source-based policy routing per link: ``from <address> lookup <table>`` and a default route in that
+  table through the link, so each subflow leaves by its own link.
+
+The agent owns the MPTCP endpoint table of its host: endpoints that no link asks for are removed.
+Used by ``mptcp-tunnel setup-network``, by the agent at start and on SIGHUP, and by the Ansible role.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
+
+from mptcp_tunnel.config import AgentConfig, Link
+
+log = logging.getLogger("mptcp_tunnel.netsetup")
+
+RULE_PRIORITY_BASE = 1000  # before the main table's rule (32766)
+
+FLAG_SIGNAL = 1
+FLAG_SUBFLOW = 2
+FLAG_BACKUP = 4
+FLAG_FULLMESH = 8
+_CMD_ADD, _CMD_DEL, _CMD_GET, _CMD_SET_LIMITS, _CMD_GET_LIMITS, _CMD_SET_FLAGS = 1, 2, 3, 5, 6, 7
+
+
+class NetworkSetupError(Exception):
+    pass
+
+
+class _PmMsg(genlmsg):  # type: ignore[misc]
+    """mptcp_pm generic netlink message (pyroute2's own maps IF_IDX as a string, so ours)."""
+
+    prefix = "MPTCP_PM_ATTR_"
+    nla_map = (
+        ("MPTCP_PM_ATTR_UNSPEC", "none"),
+        ("MPTCP_PM_ATTR_ADDR", "pm_addr"),
+        ("MPTCP_PM_ATTR_RCV_ADD_ADDRS", "uint32"),
+        ("MPTCP_PM_ATTR_SUBFLOWS", "uint32"),
+    )
+
+    class pm_addr(nla):  # type: ignore[misc]  # noqa: N801 (pyroute2 naming)
+        prefix = "MPTCP_PM_ADDR_ATTR_"
+        nla_map = (
+            ("MPTCP_PM_ADDR_ATTR_UNSPEC", "none"),
+            ("MPTCP_PM_ADDR_ATTR_FAMILY", "uint16"),
+            ("MPTCP_PM_ADDR_ATTR_ID", "uint8"),
+            ("MPTCP_PM_ADDR_ATTR_ADDR4", "ip4addr"),
+            ("MPTCP_PM_ADDR_ATTR_ADDR6", "ip6addr"),
+            ("MPTCP_PM_ADDR_ATTR_PORT", "uint16"),
+            ("MPTCP_PM_ADDR_ATTR_FLAGS", "uint32"),
+            ("MPTCP_PM_ADDR_ATTR_IF_IDX", "int32"),
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    flags: int
+    ifindex: int
+    id: int = 0
+
+
+@dataclass
+class Report:
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+class PathManager:
+    """The kernel path manager's endpoints and limits (genl family ``mptcp_pm``)."""
+
+    def __init__(self) -> None:
+        self._sock = GenericNetlinkSocket()
+        try:
+            self._sock.bind("mptcp_pm", _PmMsg)
+        except NetlinkError as exc:
+            self._sock.close()
+            raise NetworkSetupError(f"kernel has no MPTCP path manager (netlink: {exc})") from None
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _request(self, cmd: int, attrs: list[Any], dump: bool = False) -> Any:
+        msg = _PmMsg()
+        msg["cmd"] = cmd
+        msg["version"] = 1
+        msg["attrs"] = attrs
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        return self._sock.nlm_request(msg, msg_type=self._sock.prid, msg_flags=flags)
+
+    def limits(self) -> tuple[int, int]:
+        (reply,) = self._request(_CMD_GET_LIMITS, [], dump=False)
+        return reply.get_attr("MPTCP_PM_ATTR_SUBFLOWS"), reply.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS")
+
+    def set_limits(self, subflows: int, add_addr_accepted: int) -> None:
+        self._request(
+            _CMD_SET_LIMITS,
+            [
+                ("MPTCP_PM_ATTR_SUBFLOWS", subflows),
+                ("MPTCP_PM_ATTR_RCV_ADD_ADDRS", add_addr_accepted),
+            ],
+        )
+
+    def endpoints(self) -> list[Endpoint]:
+        out = []
+        for msg in self._request(_CMD_GET, [], dump=True):
+            addr = msg.get_attr("MPTCP_PM_ATTR_ADDR")
+            out.append(
+                Endpoint(
+                    address=addr.get_attr("MPTCP_PM_ADDR_ATTR_ADDR4")
+                    or addr.get_attr("MPTCP_PM_ADDR_ATTR_ADDR6"),
+                    flags=addr.get_attr("MPTCP_PM_ADDR_ATTR_FLAGS") or 0,
+                    ifindex=addr.get_attr("MPTCP_PM_ADDR_ATTR_IF_IDX") or 0,
+                    id=addr.get_attr("MPTCP_PM_ADDR_ATTR_ID") or 0,
+                )
+            )
+        return out
+
+    def _addr_attrs(self, ep: Endpoint, with_ifindex: bool) -> list[Any]:
+        v6 = ":" in ep.address
+        attrs: list[Any] = [
+            ("MPTCP_PM_ADDR_ATTR_FAMILY", socket.AF_INET6 if v6 else socket.AF_INET),
+            ("MPTCP_PM_ADDR_ATTR_ADDR6" if v6 else "MPTCP_PM_ADDR_ATTR_ADDR4", ep.address),
+            ("MPTCP_PM_ADDR_ATTR_FLAGS", ep.flags),
+        ]
+        if ep.id:
+            attrs.append(("MPTCP_PM_ADDR_ATTR_ID", ep.id))
+        if with_ifindex and ep.ifindex:
+            attrs.append(("MPTCP_PM_ADDR_ATTR_IF_IDX", ep.ifindex))
+        return [("MPTCP_PM_ATTR_ADDR", {"attrs": attrs}, 0x8000)]  # NLA_F_NESTED
+
+    def add(self, ep: Endpoint) -> None:
+        self._request(_CMD_ADD, self._addr_attrs(ep, with_ifindex=True))
+
+    def delete(self, ep: Endpoint) -> None:
+        self._request(
+            _CMD_DEL,
+            [("MPTCP_PM_ATTR_ADDR", {"attrs": [("MPTCP_PM_ADDR_ATTR_ID", ep.id)]}, 0x8000)],
+        )
+
+    def set_flags(self, ep: Endpoint) -> None:
+        self._request(_CMD_SET_FLAGS, self._addr_attrs(ep, with_ifindex=False))
+
+
+@contextmanager
+def _netlink() -> Iterator[tuple[IPRoute, PathManager]]:
+    pm = PathManager()
+    try:
+        with IPRoute() as ipr:
+            yield ipr, pm
+    finally:
+        pm.close()
+
+
+def endpoint_flags(cfg: AgentConfig, link: Link) -> int:
+    assert cfg.cpe is not None
+    backup = cfg.cpe.policy == "backup" and link.kind == "cellular"
+    return FLAG_SUBFLOW | (FLAG_BACKUP if backup else 0)
+
+
+def apply(cfg: AgentConfig, check: bool = False) -> Report:
+    """Bring limits, endpoints and policy routing in line with ``cfg``; with ``check``, only report.
+
+    A link whose interface is missing is reported as a problem and skipped; the rest is applied.
+    """
+    report = Report()
+    try:
+        with _netlink() as (ipr, pm):
+            _apply_limits(cfg, pm, report, check)
+            if cfg.cpe is not None:
+                ifindex = {}
+                for link in cfg.cpe.links:
+                    found = ipr.link_lookup(ifname=link.interface)
+                    if not found:
+                        report.problems.append(f"link {link.name}: interface {link.interface} does not exist")
+                        continue
+                    ifindex[link.name] = found[0]
+                    _apply_routing(ipr, link, found[0], report, check)
+                wanted = [
+                    Endpoint(str(link.address), endpoint_flags(cfg, link), ifindex[link.name])
+                    for link in cfg.cpe.links
+                    if link.name in ifindex
+                ]
+                _apply_endpoints(pm, wanted, report, check)
+    except NetlinkError as exc:
+        raise NetworkSetupError(f"netlink refused a change: {exc}") from None
+    return report
+
+
+def _apply_limits(cfg: AgentConfig, pm: PathManager, report: Report, check: bool) -> None:
+    want = (cfg.mptcp.subflows, cfg.mptcp.add_addr_accepted)
+    have = pm.limits()
+    if have != want:
+        report.changes.append(
+            f"mptcp limits subflows {want[0]} add_addr_accepted {want[1]} (was {have[0]} {have[1]})"
+        )
+        if not check:
+            pm.set_limits(*want)
+
+
+def _apply_endpoints(pm: PathManager, wanted: list[Endpoint], report: Report, check: bool) -> None:
+    have = {ep.address: ep for ep in pm.endpoints()}
+    wanted_by_addr = {ep.address: ep for ep in wanted}
+    for addr, ep in have.items():
+        if addr not in wanted_by_addr:
+            report.changes.append(f"delete mptcp endpoint {addr} id {ep.id}")
+            if not check:
+                pm.delete(ep)
+    for addr, want in wanted_by_addr.items():
+        cur = have.get(addr)
+        if cur is None:
+            report.changes.append(f"add mptcp endpoint {addr} flags {_flag_names(want.flags)}")
+            if not check:
+                pm.add(want)
+        elif cur.ifindex != want.ifindex or (cur.flags & ~FLAG_BACKUP) != (want.flags & ~FLAG_BACKUP):
+            report.changes.append(f"replace mptcp endpoint {addr} flags {_flag_names(want.flags)}")
+            if not check:
+                pm.delete(cur)
+                pm.add(want)
+        elif cur.flags != want.flags:
+            # Only the backup bit differs: switch it in place, the subflow stays up.
+            report.changes.append(f"set mptcp endpoint {addr} flags {_flag_names(want.flags)}")
+            if not check:
+                pm.set_flags(Endpoint(addr, want.flags, 0, cur.id))
+
+
+def _flag_names(flags: int) -> str:
+    names = [
+        n
+        for bit, n in (
+            (FLAG_SIGNAL, "signal"),
+            (FLAG_SUBFLOW, "subflow"),
+            (FLAG_BACKUP, "backup"),
+            (FLAG_FULLMESH, "fullmesh"),
+        )
+        if flags & bit
+    ]
+    return ",".join(names) or "none"
+
+
+def _apply_routing(ipr: IPRoute, link: Link, ifindex: int, report: Report, check: bool) -> None:
+    family = socket.AF_INET if link.address.version == 4 else socket.AF_INET6
+    host_len = 32 if family == socket.AF_INET else 128
+    priority = RULE_PRIORITY_BASE + link.table % 1000
+    rules = ipr.get_rules(family=family)
+    has_rule = any(
+        r.get_attr("FRA_TABLE") == link.table
+        and r.get_attr("FRA_SRC") == str(link.address)
+        and r["src_len"] == host_len
+        for r in rules
+    )
+    if not has_rule:
+        report.changes.append(f"add rule from {link.address} lookup {link.table}")
+        if not check:
+            ipr.rule(
+                "add",
+                family=family,
+                src=str(link.address),
+                src_len=host_len,
+                table=link.table,
+                priority=priority,
+            )
+    gateway = str(link.gateway) if link.gateway else None
+    routes = ipr.get_routes(family=family, table=link.table)
+    current = [r for r in routes if r["dst_len"] == 0]
+    ok = any(r.get_attr("RTA_OIF") == ifindex and r.get_attr("RTA_GATEWAY") == gateway for r in current)
+    if not ok:
+        via = f"via {gateway} " if gateway else ""
+        report.changes.append(f"set default {via}dev {link.interface} table {link.table}")
+        if not check:
+            kwargs: dict[str, Any] = {
+                "dst": "default" if family == socket.AF_INET else "::/0",
+                "oif": ifindex,
+                "table": link.table,
+                "family": family,
+            }
+            if gateway:
+                kwargs["gateway"] = gateway
+            try:
+                ipr.route("replace", **kwargs)
+            except NetlinkError as exc:
+                if exc.code != errno.ENETUNREACH:
+                    raise
+                report.problems.append(f"link {link.name}: gateway {gateway} is not on {link.interface}")
+
+
+def apply_logged(cfg: AgentConfig) -> None:
+    """apply() for a running agent: changes and problems are logged, never fatal."""
+    try:
+        report = apply(cfg)
+    except NetworkSetupError as exc:
+        log.error("network setup failed: %s", exc)
+        return
+    for change in report.changes:
+        log.info("network: %s", change)
+    for problem in report.problems:
+        log.warning("network: %s", problem)

@@ -1,0 +1,217 @@
+"""One tunnel session: a TUN device and one established MPTCP connection, pumped both ways.
+
+Two threads, as in the paper (§5): PtoS reads packets from the TUN device and sends them in batches;
+StoP receives the stream, splits it into packets and writes them to the TUN device. Data moves one
+way through each. The socket and the TUN calls release the GIL, so the two pumps overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from mptcp_tunnel import metrics
+from mptcp_tunnel.batching import Batcher
+from mptcp_tunnel.config import TunnelSettings
+from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, StreamParser, encode_control
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
+from mptcp_tunnel.srcfilter import SourceFilter
+
+log = logging.getLogger("mptcp_tunnel.session")
+
+DEAD_AFTER_KEEPALIVES = 3
+MAX_BATCH_PACKETS = 64
+
+
+class Session:
+    def __init__(
+        self,
+        sock: socket.socket,
+        tun_fd: int,
+        cpe_id: str,
+        tunnel: TunnelSettings,
+        vnet_hdr_len: int = 0,
+        source_filter: SourceFilter | None = None,
+    ) -> None:
+        self.sock = sock
+        self.tun_fd = tun_fd
+        self.cpe_id = cpe_id
+        self.tunnel = tunnel
+        self.vnet_hdr_len = vnet_hdr_len
+        self.source_filter = source_filter  # replaced whole on reload; read once per packet
+        self.reason = ""
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._ptos,), name=f"ptos-{cpe_id}", daemon=True),
+            threading.Thread(target=self._guard, args=(self._stop,), name=f"stop-{cpe_id}", daemon=True),
+        ]
+        timeout = struct.pack("ll", int(tunnel.keepalive_s), int(tunnel.keepalive_s % 1 * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start(self) -> None:
+        metrics.SESSION_UP.labels(self.cpe_id).set(1)
+        for t in self._threads:
+            t.start()
+
+    def close(self, reason: str) -> None:
+        """End the session (idempotent); the first reason given is kept."""
+        with self._lock:
+            if self.ended.is_set():
+                return
+            self.reason = reason
+            self.ended.set()
+        metrics.SESSION_UP.labels(self.cpe_id).set(0)
+        metrics.SESSIONS_ENDED.labels(self.cpe_id, reason.split(":")[0]).inc()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def join(self) -> None:
+        """Wait for both pumps and release the socket (the TUN fd belongs to the caller)."""
+        for t in self._threads:
+            if t.is_alive() and t is not threading.current_thread():
+                t.join()
+        self.sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def poll_info(self) -> None:
+        """Refresh the subflow gauge; a connection found running as plain TCP is ended."""
+        if self.ended.is_set():
+            return
+        try:
+            info = mptcp_info(self.sock)
+        except MptcpFallback:
+            metrics.FALLBACKS.inc()
+            self.close("fallback: the connection runs as plain TCP")
+            return
+        except OSError:
+            return
+        metrics.SUBFLOWS.labels(self.cpe_id).set(info.subflows)
+
+    def _guard(self, pump: object) -> None:
+        try:
+            pump()  # type: ignore[operator]
+        except Exception as exc:  # a pump must never take the process down
+            log.exception("%s: pump failed", self.cpe_id)
+            self.close(f"internal_error: {exc}")
+
+    def _ptos(self) -> None:
+        """TUN -> tunnel: read until the TUN is empty or the batch is full, then one sendmsg."""
+        size = self.tunnel.mtu + self.vnet_hdr_len
+        bufs = [bytearray(size) for _ in range(MAX_BATCH_PACKETS)]
+        views = [memoryview(b) for b in bufs]
+        batch = Batcher(self.tunnel.batch_bytes, self.tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
+        out: list[memoryview] = []
+        keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.vnet_hdr_len)
+        tun, wake = self.tun_fd, self._wake_r
+        counters = (
+            metrics.PACKETS.labels(self.cpe_id, "tx"),
+            metrics.BYTES.labels(self.cpe_id, "tx"),
+            metrics.BATCHES.labels(self.cpe_id),
+        )
+        readv, monotonic = os.readv, time.monotonic
+        while not self.ended.is_set():
+            ready, _, _ = select.select([tun, wake], [], [], self.tunnel.keepalive_s)
+            if wake in ready:
+                return
+            if not ready:  # idle: tell the peer we are alive
+                if not self._send([memoryview(keepalive)]):
+                    return
+                continue
+            while True:
+                try:
+                    n = readv(tun, [bufs[len(out)]])
+                except BlockingIOError:  # TUN empty: a partial batch goes now, never waits
+                    if out and not self._flush(out, batch, counters):
+                        return
+                    break
+                out.append(views[len(out)][:n])
+                if batch.add(n, monotonic()) and not self._flush(out, batch, counters):
+                    return
+
+    def _flush(self, out: list[memoryview], batch: Batcher, counters: tuple[Any, Any, Any]) -> bool:
+        if not self._send(out):
+            return False
+        packets, nbytes, batches = counters
+        packets.inc(batch.packets)
+        nbytes.inc(batch.bytes)
+        batches.inc()
+        out.clear()
+        batch.flushed()
+        return True
+
+    def _send(self, views: list[memoryview]) -> bool:
+        try:
+            sent = self.sock.sendmsg(views)
+            total = sum(len(v) for v in views)
+            if sent < total:  # interrupted mid-batch: push the rest out in order
+                self.sock.sendall(b"".join(views)[sent:])
+        except OSError as exc:
+            self.close(f"send_error: {exc.strerror or exc}")
+            return False
+        return True
+
+    def _stop(self) -> None:
+        """Tunnel -> TUN: split the stream into packets by their IP header length."""
+        parser = StreamParser(self.tunnel.max_frame_bytes, self.vnet_hdr_len)
+        dead_after = DEAD_AFTER_KEEPALIVES * self.tunnel.keepalive_s
+        last_rx = time.monotonic()
+        rx_packets = metrics.PACKETS.labels(self.cpe_id, "rx")
+        rx_bytes = metrics.BYTES.labels(self.cpe_id, "rx")
+        spoofed = metrics.SPOOFED_DROPS.labels(self.cpe_id)
+        tun_errors = metrics.TUN_WRITE_ERRORS.labels(self.cpe_id)
+        write, tun, sock = os.write, self.tun_fd, self.sock
+        while not self.ended.is_set():
+            try:
+                n = sock.recv_into(parser.recv_buffer())
+            except BlockingIOError:  # SO_RCVTIMEO expired: is the peer still there?
+                if time.monotonic() - last_rx > dead_after:
+                    self.close(f"keepalive_timeout: nothing received for {dead_after:.0f} s")
+                continue
+            except OSError as exc:
+                self.close(f"recv_error: {exc.strerror or exc}")
+                return
+            if n == 0:
+                self.close("peer_closed: the peer closed the connection")
+                return
+            last_rx = time.monotonic()
+            try:
+                frames = parser.received(n)
+            except FrameError as exc:
+                metrics.FRAME_ERRORS.labels(exc.reason).inc()
+                log.warning("%s: invalid frame from peer, ending session: %s", self.cpe_id, exc)
+                self.close(f"frame_error: {exc}")
+                return
+            filt = self.source_filter
+            packets = nbytes = dropped = errors = 0
+            for frame in frames:
+                if isinstance(frame, ControlFrame):
+                    continue  # keepalive: receiving it was the point
+                if filt is not None and not filt.allows(frame):
+                    dropped += 1
+                    continue
+                try:
+                    write(tun, frame)
+                except OSError:
+                    errors += 1
+                    continue
+                packets += 1
+                nbytes += len(frame)
+            rx_packets.inc(packets)
+            rx_bytes.inc(nbytes)
+            if dropped:
+                spoofed.inc(dropped)
+            if errors:
+                tun_errors.inc(errors)
