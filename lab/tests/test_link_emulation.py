@@ -1,0 +1,97 @@
+"""The emulated access links themselves (no agents): rate, delay, loss, runtime changes, cut."""
+
+from __future__ import annotations
+
+import pytest
+from pyroute2 import IPRoute
+
+from mtlab import Lab, topology
+from mtlab.measure import iperf3, median_rtt
+
+LINKS = {"fixed": ("10.1.0.1", "10.1.0.2"), "cellular": ("10.2.0.1", "10.2.0.2")}
+
+
+def test_topology_matches_plan(lab: Lab) -> None:
+    for role in topology.ROLES:
+        assert topology.exists(lab.ns(role))
+    for w in topology.WIRES:
+        for end in (w.a, w.b):
+            with IPRoute(netns=lab.ns(end.role)) as ipr:
+                idx = ipr.link_lookup(ifname=end.ifname)
+                assert idx, f"{end.ifname} missing in {end.role}"
+                assert ipr.get_links(idx[0])[0].get_attr("IFLA_MTU") == 1500
+                have = {
+                    f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                    for a in ipr.get_addr(index=idx[0])
+                    if a.get_attr("IFA_ADDRESS")
+                    and not a.get_attr("IFA_ADDRESS").startswith("fe80")
+                }
+            assert have == set(end.addrs), f"{end.role} {end.ifname}: {have}"
+    for role, dst in (
+        ("client", "192.168.10.1"),
+        ("client", "fd00:10::1"),
+        ("server", "172.16.0.1"),
+        ("server", "fd00:172::1"),
+    ):
+        assert lab.ping(role, dst), f"{role} cannot reach {dst}"
+    for role in topology.ROUTERS:
+        fwd = lab.exec(
+            role, ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]
+        ).stdout.split()
+        assert fwd == ["1", "1"], f"forwarding off in {role}"
+
+
+@pytest.mark.parametrize("name", ["fixed", "cellular"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["up", "down"])
+def test_rate_is_about_95pct_of_tbf(lab: Lab, name: str, reverse: bool) -> None:
+    local, remote = LINKS[name]
+    rate = lab.links[name].rate_mbit
+    got = iperf3(lab, "cpe", "bgw", remote, bind=local, seconds=5, omit=2, reverse=reverse)
+    assert 0.90 * rate <= got.mbps <= 1.0 * rate, f"{name}: {got.mbps:.2f} of {rate} Mbit/s"
+
+
+@pytest.mark.parametrize("name", ["fixed", "cellular"])
+def test_rtt_is_twice_the_one_way_delay(lab: Lab, name: str) -> None:
+    rtt = median_rtt(lab, "cpe", LINKS[name][1], count=20)
+    assert abs(rtt - 2 * lab.links[name].delay_ms) <= 1.0, f"{name}: RTT {rtt} ms"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["up", "down"])
+def test_loss_matches_setting(default_links: Lab, reverse: bool) -> None:
+    lab = default_links
+    lab.set_link("fixed", loss_pct=5.0)
+    got = iperf3(
+        lab,
+        "cpe",
+        "bgw",
+        "10.1.0.2",
+        bind="10.1.0.1",
+        seconds=4,
+        omit=0,
+        udp=True,
+        bitrate="4M",
+        length=100,
+        reverse=reverse,
+    )
+    packets = got.raw["end"]["sum"]["packets"]
+    assert packets > 15000
+    assert got.lost_pct is not None and 4.5 <= got.lost_pct <= 5.5, f"lost {got.lost_pct} %"
+
+
+def test_runtime_change_of_rate_and_delay(default_links: Lab) -> None:
+    lab = default_links
+    lab.set_link("cellular", rate_mbit=20, delay_ms=10)
+    assert abs(median_rtt(lab, "cpe", "10.2.0.2") - 20.0) <= 1.0
+    got = iperf3(lab, "cpe", "bgw", "10.2.0.2", bind="10.2.0.1", seconds=4, omit=2)
+    assert 18.0 <= got.mbps <= 20.0, got.mbps
+    lab.set_link("cellular", rate_mbit=5, delay_ms=25)
+    assert abs(median_rtt(lab, "cpe", "10.2.0.2") - 50.0) <= 1.0
+
+
+def test_cut_and_restore(default_links: Lab) -> None:
+    lab = default_links
+    lab.cut("fixed")
+    assert not lab.ping("cpe", "10.1.0.2", count=2, timeout=1)
+    assert lab.ping("cpe", "10.2.0.2"), "cutting fixed must not touch cellular"
+    lab.restore("fixed")
+    assert lab.ping("cpe", "10.1.0.2", count=1, timeout=2)
