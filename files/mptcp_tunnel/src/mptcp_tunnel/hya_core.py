@@ -228,7 +228,8 @@ class ReorderBuffer:
         if self._batch and (
             flush
             or len(self._batch) >= self.max_batch
-            or (self._batch_since is not None and now - self._batch_since >= self.inseq_timeout)
+            # same expression as next_deadline(): polling at the deadline always makes progress
+            or (self._batch_since is not None and now >= self._batch_since + self.inseq_timeout)
         ):
             self._emit_batch()
         out, self._out = self._out, []
@@ -288,7 +289,7 @@ class ReorderBuffer:
     def _expire(self, now: float) -> None:
         while True:
             arrival = self._oldest_arrival()
-            if arrival is None or now - arrival < self.ooo_timeout:
+            if arrival is None or now < arrival + self.ooo_timeout:
                 return
             self._skip_to_lowest(now)
 
