@@ -87,6 +87,16 @@ def mptcp_tunnel_is_address(text: Any) -> bool:
     return True
 
 
+def mptcp_tunnel_bad_prefixes(items: Iterable[Any]) -> list[str]:
+    """The entries of `items` that are not network prefixes (host bits set count as bad)."""
+    return [str(i) for i in items if not mptcp_tunnel_is_prefix(i)]
+
+
+def mptcp_tunnel_bad_addresses(items: Iterable[Any]) -> list[str]:
+    """The entries of `items` that are not IP addresses."""
+    return [str(i) for i in items if not mptcp_tunnel_is_address(i)]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -95,4 +105,6 @@ class FilterModule:
             "mptcp_tunnel_orphan_cpes": mptcp_tunnel_orphan_cpes,
             "mptcp_tunnel_is_prefix": mptcp_tunnel_is_prefix,
             "mptcp_tunnel_is_address": mptcp_tunnel_is_address,
+            "mptcp_tunnel_bad_prefixes": mptcp_tunnel_bad_prefixes,
+            "mptcp_tunnel_bad_addresses": mptcp_tunnel_bad_addresses,
         }
