@@ -16,6 +16,8 @@ Python API (root required)::
     lab.up(agents=True)              # tears down leftovers first; waits for ping via the tunnel
     lab.exec("client", ["ping", "-c1", "172.16.0.2"])      # -> CompletedProcess (text), LabError
     lab.popen("server", ["iperf3", "-s"], name="iperf")     # background, pid file, log
+    lab.serve("server", lab.python("mtlab.probes", "tcp-server", "--port", "9000"),
+              name="probe", ready="ready")                  # popen + wait for "ready" in its log
     lab.stop("iperf")                                       # SIGTERM, then SIGKILL
     lab.set_link("fixed", rate_mbit=20, delay_ms=10, loss_pct=1.0)   # at runtime, both directions
     lab.links["fixed"]                                      # current LinkParams

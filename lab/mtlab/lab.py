@@ -160,6 +160,7 @@ class Lab:
             res = subprocess.run(
                 procs.ns_argv(self.ns(ns), argv),
                 check=False,
+                env=self._env(),
                 input=input,
                 capture_output=True,
                 text=True,
@@ -177,6 +178,19 @@ class Lab:
         self.stop(name)
         proc = procs.spawn(self.ns(ns), argv, name, self.state_dir, env=self._env())
         self._children[name] = proc
+        return proc
+
+    def serve(
+        self, ns: str, argv: list[str], name: str, ready: str, timeout: float = 10.0
+    ) -> subprocess.Popen[bytes]:
+        """``popen`` a server and wait until its log contains ``ready``."""
+        proc = self.popen(ns, argv, name)
+        deadline = time.monotonic() + timeout
+        while ready not in self.log(name):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(name)
+                raise LabError(f"{name} in {ns} did not start: {self.log(name).strip()[-300:]}")
+            time.sleep(0.05)
         return proc
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
@@ -208,6 +222,11 @@ class Lab:
         )
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    @staticmethod
+    def python(module: str, *args: str) -> list[str]:
+        """argv running ``python -m module args`` with this interpreter (mtlab importable)."""
+        return [sys.executable, "-m", module, *args]
 
     # ------------------------------------------------------------------ link emulation
     def set_link(

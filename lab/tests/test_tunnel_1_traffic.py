@@ -1,0 +1,45 @@
+"""Real traffic through the tunnel: TCP both ways, UDP, ICMP; IPv4 and IPv6."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtlab import Lab, address
+from mtlab.measure import iperf3, ping_rtts
+
+FAMILIES = {4: address("server", "eth0", 4), 6: address("server", "eth0", 6)}
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_ping(tunnel: Lab, family: int) -> None:
+    rtts = ping_rtts(tunnel, "client", FAMILIES[family], count=10)
+    assert len(rtts) == 10, f"lost {10 - len(rtts)} of 10 pings"
+    assert min(rtts) >= 50.0, "the tunnel cannot be faster than the 50 ms links"
+    assert max(rtts) < 120.0, rtts
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["client-to-server", "server-to-client"])
+def test_tcp_iperf3(tunnel: Lab, family: int, reverse: bool) -> None:
+    got = iperf3(tunnel, "client", "server", FAMILIES[family], seconds=4, omit=2, reverse=reverse)
+    # a single link gives at most ~9.6 Mbit/s: more means both links carry this one flow
+    assert got.mbps > 10.0, f"{got.mbps:.2f} Mbit/s"
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["client-to-server", "server-to-client"])
+def test_udp_iperf3(tunnel: Lab, family: int, reverse: bool) -> None:
+    got = iperf3(
+        tunnel,
+        "client",
+        "server",
+        FAMILIES[family],
+        seconds=4,
+        omit=0,
+        udp=True,
+        bitrate="8M",
+        length=1200,
+        reverse=reverse,
+    )
+    assert got.lost_pct is not None and got.lost_pct < 1.0, f"lost {got.lost_pct} %"
+    assert 7.5 <= got.mbps <= 8.5, f"{got.mbps:.2f} Mbit/s"
