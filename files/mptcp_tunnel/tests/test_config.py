@@ -1,0 +1,149 @@
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mptcp_tunnel.config import ConfigError, load_config, parse_config
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def example(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return data
+
+
+def test_examples_are_valid() -> None:
+    cpe = load_config(str(EXAMPLES / "cpe.yaml"))
+    assert cpe.role == "cpe" and cpe.cpe is not None
+    assert [link.name for link in cpe.cpe.links] == ["fixed", "cellular"]
+    assert str(cpe.cpe.bgw_address) == "10.1.0.2"
+    bgw = load_config(str(EXAMPLES / "bgw.yaml"))
+    assert bgw.bgw is not None and bgw.bgw.cpes[0].id == "cpe1"
+    assert bgw.metrics_listen == ("127.0.0.1", 9477)
+
+
+def mutate(name: str, path: str, value: object) -> dict[str, Any]:
+    doc = example(name)
+    node: Any = doc
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if key.isdigit() else node[key]
+    last = keys[-1]
+    if value is DELETE:
+        del node[last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return doc
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "value", "message"),
+    [
+        ("cpe.yaml", "tunnel.mtu", "big", "tunnel.mtu: expected an integer, got str"),
+        ("cpe.yaml", "tunnel.mtu", 100, "tunnel.mtu: 100 is out of range 1280..65535"),
+        ("cpe.yaml", "tunnel.colour", "blue", "tunnel.colour: unknown key"),
+        ("cpe.yaml", "cpe.links.1.address", "10.2.0.x", "cpe.links[1].address: '10.2.0.x' is not an IP"),
+        ("cpe.yaml", "cpe.links.1.table", 101, "cpe.links: duplicate table 101"),
+        ("cpe.yaml", "cpe.links.0.table", 254, "cpe.links[0].table: 254 is a reserved routing table"),
+        ("cpe.yaml", "cpe.links.0.interface", "a-name-far-too-long", "cpe.links[0].interface:"),
+        ("cpe.yaml", "cpe.policy", "overflow", "cpe.policy: 'overflow' is not one of aggregate, backup"),
+        ("cpe.yaml", "cpe.id", "CPE_1", "cpe.id: 'CPE_1' must match"),
+        ("cpe.yaml", "cpe.secret", "short", "cpe.secret: shorter than 8 bytes"),
+        ("cpe.yaml", "cpe.bgw_address", DELETE, "cpe.bgw_address: missing (required)"),
+        ("cpe.yaml", "cpe.routes", ["10.0.0.1/8"], "cpe.routes[0]: '10.0.0.1/8' is not a prefix"),
+        ("cpe.yaml", "role", "router", "role: 'router' is not one of cpe, bgw"),
+        ("cpe.yaml", "metrics_listen", "localhost", "metrics_listen: 'localhost' is not 'address:port'"),
+        ("cpe.yaml", "tunnel.max_frame_bytes", 1400, "tunnel.max_frame_bytes: 1400 is below mtu 1500"),
+        ("bgw.yaml", "bgw.cpes.0.prefixes", [], "bgw.cpes[0].prefixes: expected a non-empty list"),
+        ("bgw.yaml", "bgw.listen_address", "any", "bgw.listen_address: 'any' is not an IP address"),
+    ],
+)
+def test_bad_values_name_file_and_key(name: str, path: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(mutate(name, path, value), f"/etc/{name}")
+    assert str(err.value).startswith(f"/etc/{name}: {message}")
+
+
+def test_overlapping_cpe_prefixes_are_refused() -> None:
+    doc = example("bgw.yaml")
+    doc["bgw"]["cpes"].append({"id": "cpe2", "secret": "another-secret", "prefixes": ["192.168.10.128/25"]})
+    with pytest.raises(ConfigError, match="overlaps"):
+        parse_config(doc, "bgw.yaml")
+
+
+def test_duplicate_cpe_ids_are_refused() -> None:
+    doc = example("bgw.yaml")
+    doc["bgw"]["cpes"].append({"id": "cpe1", "secret": "another-secret", "prefixes": ["10.9.0.0/24"]})
+    with pytest.raises(ConfigError, match="duplicate CPE id 'cpe1'"):
+        parse_config(doc, "bgw.yaml")
+
+
+def test_a_section_of_the_other_role_is_refused() -> None:
+    doc = example("cpe.yaml")
+    doc["bgw"] = example("bgw.yaml")["bgw"]
+    with pytest.raises(ConfigError, match="bgw: not allowed when role is cpe"):
+        parse_config(doc, "cpe.yaml")
+
+
+def test_secret_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "cpe1.secret").write_text("s3cret-from-a-file\n")
+    doc = example("cpe.yaml")
+    del doc["cpe"]["secret"]
+    doc["cpe"]["secret_file"] = "cpe1.secret"
+    cfg = parse_config(doc, str(tmp_path / "cpe.yaml"))
+    assert cfg.cpe is not None and cfg.cpe.secret == b"s3cret-from-a-file"
+    doc["cpe"]["secret_file"] = "missing.secret"
+    with pytest.raises(ConfigError, match="cpe.secret_file: cannot read"):
+        parse_config(doc, str(tmp_path / "cpe.yaml"))
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("role: cpe\ntunnel: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+"):
+        load_config(str(bad))
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level: expected a mapping, got list"):
+        load_config(str(bad))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mptcp_tunnel", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    ok = run_cli("check-config", str(EXAMPLES / "cpe.yaml"))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutate("cpe.yaml", "tunnel.port", 70000)))
+    res = run_cli("check-config", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"mptcp-tunnel: config error: {bad}: tunnel.port: 70000 is out of range 1..65535"
+    )
+    assert "Traceback" not in res.stderr
+
+
+def test_run_with_a_bad_config_exits_2_before_touching_anything(tmp_path: Path) -> None:
+    res = run_cli("run", "--config", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "cannot read" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_command_line_exits_2_with_usage() -> None:
+    res = run_cli("frobnicate")
+    assert res.returncode == 2 and "usage:" in res.stderr

@@ -1,0 +1,106 @@
+"""setup-network against the real kernel, inside a throwaway network namespace (needs root)."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+if os.geteuid() != 0:
+    pytest.fail("test_netsetup needs root (network namespaces); run `make test` as root", pytrace=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"mtu-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for ifname, addr in (("wan_fixed", "10.1.0.1/30"), ("wan_cell", "10.2.0.1/30")):
+            subprocess.run(
+                ["ip", "-n", name, "link", "add", ifname, "type", "veth", "peer", "name", ifname + "p"],
+                check=True,
+            )
+            subprocess.run(["ip", "-n", name, "addr", "add", addr, "dev", ifname], check=True)
+            for dev in (ifname, ifname + "p"):
+                subprocess.run(["ip", "-n", name, "link", "set", dev, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def in_ns(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def setup_network(ns: str, config: Path, *extra: str) -> dict[str, object]:
+    res = in_ns(ns, "-m", "mptcp_tunnel", "setup-network", "--config", str(config), "--json", *extra)
+    assert res.returncode == 0, res.stderr
+    report: dict[str, object] = json.loads(res.stdout)
+    return report
+
+
+def endpoints(ns: str) -> list[tuple[str, int]]:
+    code = (
+        "import json; from mptcp_tunnel.netsetup import PathManager as P; p = P(); "
+        "print(json.dumps(sorted((e.address, e.flags) for e in p.endpoints())))"
+    )
+    res = in_ns(ns, "-c", code)
+    assert res.returncode == 0, res.stderr
+    return [tuple(e) for e in json.loads(res.stdout)]  # type: ignore[misc]
+
+
+def write_config(tmp_path: Path, policy: str) -> Path:
+    doc = yaml.safe_load((EXAMPLES / "cpe.yaml").read_text())
+    doc["cpe"]["policy"] = policy
+    path = tmp_path / f"cpe-{policy}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_setup_network_is_idempotent_and_switches_backup_in_place(netns: str, tmp_path: Path) -> None:
+    aggregate = write_config(tmp_path, "aggregate")
+    dry = setup_network(netns, aggregate, "--check")
+    assert dry["changed"] is True
+    assert endpoints(netns) == []  # --check changed nothing
+
+    first = setup_network(netns, aggregate)
+    assert first["changed"] is True and first["problems"] == []
+    assert endpoints(netns) == [("10.1.0.1", 2), ("10.2.0.1", 2)]  # subflow, subflow
+    assert setup_network(netns, aggregate)["changed"] is False
+
+    rules = subprocess.run(["ip", "-n", netns, "rule"], capture_output=True, text=True).stdout
+    assert "from 10.1.0.1 lookup 101" in rules and "from 10.2.0.1 lookup 102" in rules
+    table = subprocess.run(
+        ["ip", "-n", netns, "route", "show", "table", "102"], capture_output=True, text=True
+    ).stdout
+    assert "default via 10.2.0.2 dev wan_cell" in table
+
+    backup = setup_network(netns, write_config(tmp_path, "backup"))
+    assert backup["changes"] == ["set mptcp endpoint 10.2.0.1 flags subflow,backup"]
+    assert endpoints(netns) == [("10.1.0.1", 2), ("10.2.0.1", 6)]
+
+
+def test_missing_link_interface_is_reported_and_the_rest_applied(netns: str, tmp_path: Path) -> None:
+    subprocess.run(["ip", "-n", netns, "link", "del", "wan_cell"], check=True)
+    res = in_ns(
+        netns,
+        "-m",
+        "mptcp_tunnel",
+        "setup-network",
+        "--config",
+        str(write_config(tmp_path, "aggregate")),
+        "--json",
+    )
+    assert res.returncode == 1
+    report = json.loads(res.stdout)
+    assert report["problems"] == ["link cellular: interface wan_cell does not exist"]
+    assert endpoints(netns) == [("10.1.0.1", 2)]
