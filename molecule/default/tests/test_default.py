@@ -1,0 +1,153 @@
+"""client - cpe1 =(fixed 10 Mbit/s, cellular 5 Mbit/s)= bgw1 - server, deployed by site.yml."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+from mtcheck import (
+    AGENT_UNIT,
+    NETWORK_UNIT,
+    host,
+    iperf3,
+    ipj,
+    metric,
+    metrics,
+    ok,
+    peer_address_seen,
+    tx_bytes,
+    wait_ping,
+)
+
+CLIENT, CPE, BGW, SERVER = (host(n) for n in ("mtm-client", "mtm-cpe1", "mtm-bgw1", "mtm-server"))
+SERVER4, SERVER6 = "172.16.0.2", "fd00:172::2"
+CLIENT4, CLIENT6 = "192.168.10.2", "fd00:10::2"
+AGENT_BIN = "/opt/mptcp-tunnel/venv/bin/mptcp-tunnel"
+
+
+@pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
+def test_sysctls(h):
+    assert h.sysctl("net.mptcp.enabled") == 1
+    assert h.sysctl("net.ipv4.ip_forward") == 1
+    assert h.sysctl("net.ipv6.conf.all.forwarding") == 1
+    assert h.sysctl("net.mptcp.stale_loss_cnt") == 4
+    assert h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").contains("^net.mptcp.enabled=1")
+    # only net.* keys: anything else would change the container's host
+    for line in h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").content_string.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert line.startswith("net."), line
+
+
+@pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
+def test_units_active_and_enabled(h):
+    agent = h.service(AGENT_UNIT)
+    assert agent.is_running and agent.is_enabled
+    assert h.service(NETWORK_UNIT).is_enabled
+    unit = h.file(f"/etc/systemd/system/{AGENT_UNIT}").content_string
+    for line in (
+        "Type=notify",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
+        assert line in unit
+
+
+@pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
+def test_mptcp_limits(h):
+    # iproute2 6.1 prints the limits as "add_addr_accepted 2 subflows 2" even with -j
+    words = ok(h, "ip mptcp limits show").split()
+    limits = dict(zip(words[::2], words[1::2], strict=True))
+    assert limits == {"add_addr_accepted": "2", "subflows": "2"}
+
+
+@pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
+def test_network_setup_has_nothing_left_to_do(h):
+    out = ok(h, f"{AGENT_BIN} setup-network --config /etc/mptcp-tunnel/config.yaml --check --json")
+    report = json.loads(out)
+    assert report["changed"] is False and report["changes"] == [], report
+
+
+def test_cpe_endpoints_per_link():
+    eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
+    assert set(eps) == {"10.1.0.1", "10.2.0.1"}
+    assert eps["10.1.0.1"]["dev"] == "wan_fixed" and eps["10.1.0.1"].get("subflow")
+    assert eps["10.2.0.1"]["dev"] == "wan_cell" and eps["10.2.0.1"].get("subflow")
+    # policy "aggregate": no backup flag
+    assert not any(e.get("backup") for e in eps.values())
+
+
+def test_cpe_policy_routing():
+    rules = {(r.get("src"), str(r.get("table"))) for r in ipj(CPE, "rule show")}
+    assert ("10.1.0.1", "101") in rules and ("10.2.0.1", "102") in rules
+    for table, gw, dev in (("101", "10.1.0.2", "wan_fixed"), ("102", "10.2.0.2", "wan_cell")):
+        routes = ipj(CPE, f"route show table {table}")
+        assert any(
+            r["dst"] == "default" and r.get("gateway") == gw and r["dev"] == dev for r in routes
+        ), routes
+
+
+def test_tunnel_devices_and_routes():
+    assert CPE.interface("mt0").exists
+    assert BGW.interface("mt-cpe1").exists
+    v4 = ipj(BGW, "route show 192.168.10.0/24")
+    assert v4 and v4[0]["dev"] == "mt-cpe1"
+    v6 = ipj(BGW, "-6 route show fd00:10::/64")
+    assert v6 and v6[0]["dev"] == "mt-cpe1"
+
+
+def test_ping_ipv4_and_ipv6():
+    wait_ping(CLIENT, SERVER4)
+    wait_ping(CLIENT, SERVER6)
+    ok(CLIENT, f"ping -c 5 -i 0.2 -W 2 {SERVER4}")
+    ok(CLIENT, f"ping -6 -c 5 -i 0.2 -W 2 {SERVER6}")
+
+
+def test_server_sees_client_addresses():
+    assert peer_address_seen(CLIENT, SERVER, SERVER4) == CLIENT4
+    seen6 = peer_address_seen(CLIENT, SERVER, SERVER6)
+    assert ipaddress.ip_address(seen6) == ipaddress.ip_address(CLIENT6)
+
+
+def test_tcp_iperf3_uses_both_subflows():
+    fixed0, cell0 = tx_bytes(CPE, "wan_fixed"), tx_bytes(CPE, "wan_cell")
+    result = iperf3(CLIENT, SERVER, SERVER4, seconds=6)
+    mbps = result["end"]["sum_received"]["bits_per_second"] / 1e6
+    fixed = (tx_bytes(CPE, "wan_fixed") - fixed0) / 1e6
+    cell = (tx_bytes(CPE, "wan_cell") - cell0) / 1e6
+    print(
+        f"iperf3 TCP {mbps:.1f} Mbit/s; CPE sent {fixed:.1f} MB on fixed, {cell:.1f} MB on cellular"
+    )
+    assert fixed > 1.0 and cell > 1.0, "both subflows must carry data"
+    # more than the fixed link alone can carry (10 Mbit/s shaped, ~9.6 usable)
+    assert mbps > 10.0
+    m = metrics(CPE)
+    assert metric(m, "mptcp_tunnel_subflows") >= 1
+    assert metric(m, "mptcp_tunnel_session_up") == 1
+
+
+def test_udp_iperf3():
+    result = iperf3(CLIENT, SERVER, SERVER4, args="-u -b 4M -l 1200", seconds=4)
+    summary = result["end"]["sum"]
+    print(f"iperf3 UDP 4 Mbit/s: {summary['lost_percent']:.2f} % lost of {summary['packets']}")
+    assert summary["packets"] > 1000
+    assert summary["lost_percent"] < 5.0
+
+
+def test_tcp_iperf3_ipv6():
+    result = iperf3(CLIENT, SERVER, SERVER6, seconds=3)
+    assert result["end"]["sum_received"]["bits_per_second"] > 2e6
+
+
+def test_survives_bgw_agent_restart():
+    before = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
+    ok(BGW, f"systemctl restart {AGENT_UNIT}")
+    assert BGW.service(AGENT_UNIT).is_running
+    waited = wait_ping(CLIENT, SERVER4, within_s=45)
+    print(f"tunnel back {waited:.1f} s after the BGW agent restarted")
+    ok(CLIENT, f"ping -c 3 -i 0.2 -W 2 {SERVER4}")
+    assert peer_address_seen(CLIENT, SERVER, SERVER4) == CLIENT4
+    assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") > before

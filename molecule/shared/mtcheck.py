@@ -1,0 +1,116 @@
+"""Helpers for the Molecule testinfra checks: containers via testinfra's fast podman:// backend."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import testinfra
+
+AGENT_UNIT = "mptcp-tunnel.service"
+NETWORK_UNIT = "mptcp-tunnel-network.service"
+
+
+def host(name: str) -> Any:
+    return testinfra.get_host(f"podman://{name}")
+
+
+def ok(h: Any, cmd: str, timeout: int = 60) -> str:
+    """Run cmd (bounded by `timeout`), fail the test with its output when it fails."""
+    res = h.run(f"timeout {timeout} {cmd}")
+    assert res.rc == 0, f"{cmd!r} on {h.backend.name} exited {res.rc}: {res.stdout}{res.stderr}"
+    return str(res.stdout)
+
+
+def ipj(h: Any, args: str) -> Any:
+    return json.loads(ok(h, f"ip -j {args}") or "[]")
+
+
+def wait_ping(h: Any, dst: str, within_s: float = 30.0) -> float:
+    """Ping dst until it answers; returns seconds waited; fails after `within_s`."""
+    start = time.monotonic()
+    six = "-6 " if ":" in dst else ""
+    while True:
+        if h.run(f"ping {six}-c 1 -W 1 {dst}").rc == 0:
+            return time.monotonic() - start
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"{dst} unreachable from {h.backend.name} for {within_s:.0f} s")
+        time.sleep(0.5)
+
+
+def metrics(h: Any, port: int = 9477) -> dict[str, float]:
+    """The agent's Prometheus metrics as {'name{labels}': value}."""
+    text = ok(
+        h,
+        'python3 -c "import urllib.request,sys;'
+        f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\"",
+    )
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def metric(m: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, value in m.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def tx_bytes(h: Any, dev: str) -> int:
+    return int(ok(h, f"cat /sys/class/net/{dev}/statistics/tx_bytes").strip())
+
+
+def start_unit(h: Any, unit: str, cmd: str) -> None:
+    """Run cmd as a transient systemd unit (stopped with stop_unit, also after a failed test)."""
+    h.run(f"systemctl stop {unit}; systemctl reset-failed {unit}")
+    ok(h, f"systemd-run --unit={unit} --quiet {cmd}")
+
+
+def stop_unit(h: Any, unit: str) -> None:
+    h.run(f"systemctl stop {unit}; systemctl reset-failed {unit}")
+
+
+def iperf3(client: Any, server: Any, dst: str, args: str = "", seconds: int = 5) -> dict[str, Any]:
+    """iperf3 client -> server (a transient iperf3 -s unit on `server`); returns iperf3's JSON."""
+    start_unit(server, "mt-iperf3", "iperf3 -s -p 5201")
+    try:
+        for _ in range(20):
+            if server.run("ss -Htln 'sport = :5201' | grep -q .").rc == 0:
+                break
+            time.sleep(0.25)
+        out = ok(client, f"iperf3 -c {dst} -p 5201 -t {seconds} -J {args}", timeout=seconds + 30)
+        return dict(json.loads(out))
+    finally:
+        stop_unit(server, "mt-iperf3")
+
+
+def peer_address_seen(client: Any, server: Any, dst: str, port: int = 5301) -> str:
+    """Connect client -> server; the server answers with the source address it saw."""
+    listen = "TCP6-LISTEN" if ":" in dst else "TCP4-LISTEN"
+    start_unit(
+        server,
+        "mt-echo-peer",
+        f"socat {listen}:{port},reuseaddr,fork SYSTEM:'echo \\$SOCAT_PEERADDR'",
+    )
+    try:
+        target = f"[{dst}]" if ":" in dst else dst
+        for _ in range(20):
+            res = client.run(f"timeout 10 socat -T 5 - TCP:{target}:{port} </dev/null")
+            if res.rc == 0 and res.stdout.strip():
+                return str(res.stdout).strip().strip("[]")
+            time.sleep(0.5)
+        raise AssertionError(f"no answer from {dst}:{port}: {res.stderr}")
+    finally:
+        stop_unit(server, "mt-echo-peer")
