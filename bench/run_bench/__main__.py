@@ -1,0 +1,3 @@
+from run_bench.cli import main
+
+raise SystemExit(main())

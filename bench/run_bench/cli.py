@@ -1,0 +1,105 @@
+"""``python -m run_bench [--quick] [--reps N] [--only A,B] [--out DIR] [--report-only]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from run_bench.results import RESULTS_DIR, SCENARIOS, Progress, ScenarioResult, warn
+
+# Run order: the ceiling removes the link emulation, so it goes last.
+ORDER = (
+    "fig8_aggregation",
+    "fig9_cell_rtt",
+    "fig10_fixed_loss",
+    "many_flows",
+    "latency",
+    "datapath_ceiling",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="short run (fewer points, 1 repetition)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per point")
+    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="result directory")
+    p.add_argument("--report-only", action="store_true", help="rebuild tables/plots from JSON")
+    p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from run_bench import report
+
+    if args.report_only:
+        print(f"wrote {report.write(args.out)}")
+        return 0
+    chosen = [s for s in args.only.split(",") if s] or list(ORDER)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        print(
+            f"run_bench: unknown scenario {unknown[0]!r} (have: {', '.join(SCENARIOS)})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.reps is not None and args.reps < 1:
+        print("run_bench: --reps must be >= 1", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("run_bench: needs root (network namespaces, tc, nftables)", file=sys.stderr)
+        return 2
+
+    from mtlab import Lab, LabError
+
+    from run_bench.contenders import Agents
+    from run_bench.scenarios import RUNNERS, Settings
+
+    settings = Settings.make(args.quick, args.reps)
+    chosen = [s for s in ORDER if s in chosen]
+    progress = Progress(sum(settings.steps(s) for s in chosen))
+    lab = Lab()
+    print(
+        f"run_bench: {'quick' if settings.quick else 'full'} run, {settings.reps} repetition(s),"
+        f" scenarios {', '.join(chosen)}; lab prefix {lab.prefix}; results in {args.out}",
+        flush=True,
+    )
+    t0 = time.monotonic()
+    failed: list[str] = []
+    try:
+        lab.up(agents=False)
+        agents = Agents(lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms)
+
+        def save(res: ScenarioResult) -> None:
+            res.write(args.out)
+
+        for scenario in chosen:
+            print(f"== {scenario}", flush=True)
+            try:
+                res = RUNNERS[scenario](lab, agents, settings, progress, save)
+            except LabError as exc:
+                warn(f"{scenario} failed: {exc}")
+                failed.append(scenario)
+                continue
+            path = res.write(args.out)
+            for note in res.notes:
+                progress.info(note)
+            progress.info(f"wrote {path}")
+    except KeyboardInterrupt:
+        warn("interrupted")
+        return 130
+    except LabError as exc:
+        warn(str(exc))
+        return 1
+    finally:
+        if not args.keep_lab:
+            lab.down()
+    print(f"wrote {report.write(args.out)} ({time.monotonic() - t0:.0f} s)", flush=True)
+    if failed:
+        warn(f"failed scenarios: {', '.join(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,159 @@
+"""The contenders (DESIGN.md names) and how one bulk TCP measurement runs for each.
+
+- ``fixed-only`` / ``cellular-only``: plain TCP between CPE and BGW over that link alone.
+- ``mptcp-tunnel``: client -> server through both agents in MPTCP mode.
+- ``hya-1:1`` / ``hya-2:1``: client -> server through both agents in HYA mode (UDP per link,
+  proportional scheduler with that fixed:cellular ratio, JUGGLER-style reorder buffer).
+- ``raw-mptcp``: ``mptcpize run iperf3`` between the CPE and BGW (no tunnel, no TUN): the
+  MPTCP connection the tunnel rides on, as a reference.
+
+Traffic is a download (server -> client, iperf3 ``-R``), as in the paper.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mtlab import Lab, LabError
+from mtlab.measure import IperfResult, iperf3
+
+SERVER = "172.16.0.2"
+CLIENT = "192.168.10.2"
+HYA_LINKS = (("10.1.0.1", "10.1.0.2"), ("10.2.0.1", "10.2.0.2"))  # (cpe, bgw) per link
+
+CONTENDERS = ("fixed-only", "cellular-only", "mptcp-tunnel", "hya-1:1", "hya-2:1", "raw-mptcp")
+
+
+@dataclass(frozen=True)
+class Path:
+    """Where an iperf3 client and server run for a contender, and what agents it needs."""
+
+    client_ns: str
+    server_ns: str
+    server_addr: str
+    bind: str | None
+    agents: str  # "any", "mptcp", "hya-1:1", "hya-2:1"
+    wrap: tuple[str, ...] = ()
+
+
+def path_of(contender: str) -> Path:
+    if contender == "fixed-only":
+        return Path("cpe", "bgw", "10.1.0.2", "10.1.0.1", "any")
+    if contender == "cellular-only":
+        return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
+    if contender == "mptcp-tunnel":
+        return Path("client", "server", SERVER, None, "mptcp")
+    if contender in ("hya-1:1", "hya-2:1"):
+        return Path("client", "server", SERVER, None, contender)
+    if contender == "raw-mptcp":
+        return Path("cpe", "bgw", "10.1.0.2", "10.1.0.1", "mptcp", ("mptcpize", "run"))
+    raise ValueError(f"unknown contender {contender!r} (have: {', '.join(CONTENDERS)})")
+
+
+def hya_config(lab: Lab, role: str, ratio: str, ooo_ms: float, inseq_ms: float) -> dict[str, Any]:
+    cfg = lab.agent_config(role)
+    cfg["mode"] = "hya"
+    pairs = HYA_LINKS if role == "cpe" else tuple((b, a) for a, b in HYA_LINKS)
+    cfg["hya"] = {
+        "ratio": ratio,
+        "ooo_timeout_ms": ooo_ms,
+        "inseq_timeout_ms": inseq_ms,
+        "links": [{"local": a, "remote": b} for a, b in pairs],
+    }
+    return cfg
+
+
+class Agents:
+    """Keeps the lab's agents in the mode the next contender needs (restarting only on change)."""
+
+    def __init__(self, lab: Lab, ooo_ms: float = 10.0, inseq_ms: float = 1.0) -> None:
+        self.lab = lab
+        self.mode = "none"
+        self.ooo_ms = ooo_ms
+        self.inseq_ms = inseq_ms
+
+    def ensure(self, mode: str) -> None:
+        if mode == "any":
+            return
+        if mode == self.mode and all(self.lab.agent_alive(r) for r in ("bgw", "cpe")):
+            return
+        self.stop()
+        for role in ("bgw", "cpe"):
+            cfg = None
+            if mode.startswith("hya-"):
+                cfg = hya_config(self.lab, role, mode[4:], self.ooo_ms, self.inseq_ms)
+            elif mode != "mptcp":
+                raise ValueError(f"unknown agent mode {mode!r}")
+            self.lab.start_agent(role, cfg)
+        self.lab.wait_tunnel(30)
+        if mode == "mptcp":
+            self._wait_subflows()
+        self.mode = mode
+        time.sleep(0.5)
+
+    def _wait_subflows(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                m = self.lab.metrics("cpe")
+            except LabError:
+                m = {}
+            if any(k.startswith("mptcp_tunnel_subflows") and v >= 2 for k, v in m.items()):
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for role in ("cpe", "bgw"):
+            self.lab.stop_agent(role)
+        self.mode = "none"
+
+
+def bulk(
+    lab: Lab,
+    agents: Agents,
+    contender: str,
+    seconds: int,
+    omit: int = 0,
+    parallel: int = 1,
+    retries: int = 1,
+) -> IperfResult:
+    """One download measurement for ``contender`` (retried once if iperf3 itself fails)."""
+    p = path_of(contender)
+    agents.ensure(p.agents)
+    extra = ["-P", str(parallel)] if parallel > 1 else []
+    for attempt in range(retries + 1):
+        try:
+            return iperf3(
+                lab,
+                p.client_ns,
+                p.server_ns,
+                p.server_addr,
+                bind=p.bind,
+                seconds=seconds,
+                omit=omit,
+                reverse=True,
+                extra=extra,
+                wrap=list(p.wrap) or None,
+            )
+        except LabError:
+            if attempt == retries:
+                raise
+            agents.ensure(p.agents)
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def series(result: IperfResult) -> list[float]:
+    """Per-second goodput (Mbit/s) from iperf3's intervals, omitted seconds included."""
+    return [round(iv["sum"]["bits_per_second"] / 1e6, 3) for iv in result.raw.get("intervals", [])]
+
+
+def stream_mbps(result: IperfResult) -> list[float]:
+    """Receiver goodput of each parallel stream (Mbit/s)."""
+    out = []
+    for s in result.raw.get("end", {}).get("streams", []):
+        recv = s.get("receiver") or s.get("udp") or {}
+        out.append(round(recv.get("bits_per_second", 0.0) / 1e6, 3))
+    return out

@@ -1,0 +1,527 @@
+"""The six scenarios of issue 4 (paper §6 plus our own datapath checks)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mtlab import Lab, LabError
+from mtlab.measure import IperfResult, iperf3, ping_rtts
+
+from run_bench import linkctl
+from run_bench.contenders import SERVER, Agents, bulk, path_of, series, stream_mbps
+from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
+
+DEFAULT_LINKS = {
+    "fixed": {"rate_mbit": 10.0, "delay_ms": 25.0, "loss_pct": 0.0},
+    "cellular": {"rate_mbit": 5.0, "delay_ms": 25.0, "loss_pct": 0.0},
+}
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    reps: int = 3
+    fig8_seconds: int = 30
+    transfer_seconds: int = 30  # per run in Fig. 9/10 (~50 MB at the tunnel's rate)
+    fig9_cell_rtts: list[float] = field(default_factory=lambda: [30, 40, 50, 60, 70, 80])
+    fig10_fixed_losses: list[float] = field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 20.0]
+    )
+    fig9_contenders: list[str] = field(
+        default_factory=lambda: ["mptcp-tunnel", "hya-1:1", "hya-2:1"]
+    )
+    fig10_contenders: list[str] = field(
+        default_factory=lambda: ["mptcp-tunnel", "hya-1:1", "hya-2:1", "cellular-only"]
+    )
+    flows: list[int] = field(default_factory=lambda: [1, 8, 64])
+    flows_contenders: list[str] = field(default_factory=lambda: ["mptcp-tunnel", "hya-2:1"])
+    flows_seconds: int = 20
+    udp_mbit: float = 1.0
+    ceiling_seconds: int = 10
+    latency_pings: int = 200
+    latency_contenders: list[str] = field(
+        default_factory=lambda: ["fixed-only", "mptcp-tunnel", "hya-2:1"]
+    )
+    ooo_timeout_ms: float = 10.0
+    inseq_timeout_ms: float = 1.0
+
+    @classmethod
+    def make(cls, quick: bool, reps: int | None) -> Settings:
+        if not quick:
+            return cls(reps=reps or 3)
+        return cls(
+            quick=True,
+            reps=reps or 1,
+            fig8_seconds=10,
+            transfer_seconds=8,
+            fig9_cell_rtts=[30, 80],
+            fig10_fixed_losses=[0.01, 5.0],
+            flows=[1, 8, 64],
+            flows_contenders=["mptcp-tunnel"],
+            flows_seconds=8,
+            ceiling_seconds=5,
+            latency_pings=60,
+            latency_contenders=["fixed-only", "mptcp-tunnel"],
+        )
+
+    def steps(self, scenario: str) -> int:
+        r = self.reps
+        return {
+            "fig8_aggregation": 3 * r,
+            "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
+            "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
+            "many_flows": len(self.flows) * len(self.flows_contenders) * r,
+            "datapath_ceiling": 2 * r,
+            "latency": 2 * len(self.latency_contenders),
+        }[scenario]
+
+
+Runner = Callable[
+    [Lab, Agents, Settings, Progress, Callable[[ScenarioResult], None]], ScenarioResult
+]
+
+
+def reset_links(lab: Lab) -> None:
+    for name, p in DEFAULT_LINKS.items():
+        lab.set_link(name, **p)
+
+
+def _links_record(lab: Lab, check: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, p in lab.links.items():
+        info = check["links"].get(name, {})
+        out[name] = {
+            "rate_mbit": p.rate_mbit,
+            "rtt_ms": 2 * p.delay_ms,
+            "loss_pct": p.loss_pct,
+            "measured_rtt_ms": info.get("measured_rtt_ms"),
+        }
+    return out
+
+
+def _validate(lab: Lab, res: ScenarioResult, label: str, progress: Progress) -> dict[str, Any]:
+    check = linkctl.validate(lab, label)
+    res.validation.append(check)
+    parts = []
+    for name, info in check["links"].items():
+        parts.append(
+            f"{name} rtt {info['measured_rtt_ms']} ms (want {info['rtt_ms']:g})"
+            + (f", loss ok={info['loss_ok']}" if info["loss_ok"] is not None else "")
+        )
+    progress.info(f"emulation check [{label}]: " + "; ".join(parts))
+    if not check["ok"]:
+        warn(f"{res.scenario} [{label}]: emulation outside tolerance, results flagged")
+    return check
+
+
+def _runs(
+    lab: Lab,
+    agents: Agents,
+    contender: str,
+    s: Settings,
+    progress: Progress,
+    label: str,
+    seconds: int,
+    omit: int = 0,
+    parallel: int = 1,
+) -> list[IperfResult]:
+    out = []
+    for rep in range(s.reps):
+        try:
+            r = bulk(lab, agents, contender, seconds, omit=omit, parallel=parallel)
+        except LabError as exc:
+            progress.step(f"{label} {contender} rep {rep + 1}: FAILED ({exc})")
+            continue
+        out.append(r)
+        progress.step(
+            f"{label} {contender} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s"
+            f" (retransmits {r.retransmits})"
+        )
+    return out
+
+
+# ------------------------------------------------------------------ Fig. 8
+
+
+def fig8_aggregation(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """Fixed 10 Mbit/s 50 ms, cellular 5 Mbit/s 50 ms: each alone vs the tunnel, one flow."""
+    res = ScenarioResult("fig8_aggregation", asdict(s))
+    reset_links(lab)
+    check = _validate(lab, res, "default links", progress)
+    res.links = _links_record(lab, check)
+    means: dict[str, float] = {}
+    for contender in ("fixed-only", "cellular-only", "mptcp-tunnel"):
+        runs = _runs(lab, agents, contender, s, progress, "fig8", s.fig8_seconds, omit=4)
+        point = res.add_point(
+            contender,
+            [r.mbps for r in runs],
+            series_mbps=[series(r) for r in runs],
+            retransmits=[r.retransmits for r in runs],
+            steady_state_from_s=4,
+        )
+        means[contender] = point["mean_mbps"] or 0.0
+        save(res)
+    total = means["fixed-only"] + means["cellular-only"]
+    if total > 0:
+        ratio = round(means["mptcp-tunnel"] / total, 4)
+        res.points[-1]["ratio_to_sum"] = ratio
+        res.notes.append(f"tunnel / (fixed-only + cellular-only) = {ratio} (target >= 0.95)")
+    return res
+
+
+# ------------------------------------------------------------------ Fig. 9 and 10
+
+
+def _sweep(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+    res: ScenarioResult,
+    x_name: str,
+    xs: list[float],
+    contenders: list[str],
+    apply: Callable[[float], None],
+) -> None:
+    for x in xs:
+        apply(x)
+        check = _validate(lab, res, f"{x_name}={x:g}", progress)
+        if not res.links:
+            res.links = _links_record(lab, check)
+        before = linkctl.snapshot(lab)
+        for contender in contenders:
+            runs = _runs(lab, agents, contender, s, progress, f"{x_name}={x:g}", s.transfer_seconds)
+            res.add_point(
+                contender,
+                [r.mbps for r in runs],
+                x_name=x_name,
+                x=x,
+                retransmits=[r.retransmits for r in runs],
+                links=_links_record(lab, check),
+                emulation_ok=check["ok"],
+            )
+            save(res)
+        loss = linkctl.loss_between(before, linkctl.snapshot(lab))
+        check["measured_loss_during_runs"] = loss
+        for point in res.points:
+            if point.get("x") == x:
+                for name in ("fixed", "cellular"):
+                    point["links"][name]["measured_loss_pct"] = loss[f"{name}.down"]["loss_pct"]
+        save(res)
+
+
+def fig9_cell_rtt(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """Cellular RTT 30..80 ms; fixed loss 0, cellular loss 0.01 %."""
+    res = ScenarioResult("fig9_cell_rtt", asdict(s))
+    reset_links(lab)
+    lab.set_link("cellular", loss_pct=0.01)
+
+    def apply(rtt: float) -> None:
+        lab.set_link("cellular", delay_ms=rtt / 2)
+
+    _sweep(
+        lab,
+        agents,
+        s,
+        progress,
+        save,
+        res,
+        "cell_rtt_ms",
+        s.fig9_cell_rtts,
+        s.fig9_contenders,
+        apply,
+    )
+    _ratio_note(res, s.fig9_cell_rtts[-1], "at the largest cellular RTT", 1.25)
+    return res
+
+
+def fig10_fixed_loss(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """Fixed loss 0.01..20 %; cellular loss 0.01 %, both 50 ms RTT."""
+    res = ScenarioResult("fig10_fixed_loss", asdict(s))
+    reset_links(lab)
+    lab.set_link("cellular", loss_pct=0.01)
+
+    def apply(loss: float) -> None:
+        lab.set_link("fixed", loss_pct=loss)
+
+    _sweep(
+        lab,
+        agents,
+        s,
+        progress,
+        save,
+        res,
+        "fixed_loss_pct",
+        s.fig10_fixed_losses,
+        s.fig10_contenders,
+        apply,
+    )
+    x5 = 5.0 if 5.0 in s.fig10_fixed_losses else s.fig10_fixed_losses[-1]
+    _ratio_note(res, x5, f"at {x5:g} % fixed loss", 2.0, against=("hya-1:1",))
+    pts = {p["contender"]: p for p in res.points if p.get("x") == x5}
+    if "mptcp-tunnel" in pts and "cellular-only" in pts:
+        t, c = pts["mptcp-tunnel"]["mean_mbps"], pts["cellular-only"]["mean_mbps"]
+        if t is not None and c:
+            res.notes.append(
+                f"at {x5:g} % fixed loss: tunnel / cellular-only = {t / c:.3f} (target >= 1)"
+            )
+    first = s.fig10_fixed_losses[0]
+    for contender in ("mptcp-tunnel", "hya-1:1", "hya-2:1"):
+        a = next(
+            (p for p in res.points if p.get("x") == first and p["contender"] == contender), None
+        )
+        b = pts.get(contender)
+        if a and b and a["mean_mbps"] and b["mean_mbps"] is not None:
+            drop = 100 * (1 - b["mean_mbps"] / a["mean_mbps"])
+            res.notes.append(
+                f"{contender}: throughput decrease {first:g} % -> {x5:g} % fixed loss ="
+                f" {drop:.1f} % (paper: HYA 1:1 82.6 %, tunnel 59.3 %)"
+            )
+    return res
+
+
+def _ratio_note(
+    res: ScenarioResult,
+    x: float,
+    where: str,
+    target: float,
+    against: tuple[str, ...] = ("hya-1:1", "hya-2:1"),
+) -> None:
+    pts = {p["contender"]: p for p in res.points if p.get("x") == x}
+    tunnel = pts.get("mptcp-tunnel", {}).get("mean_mbps")
+    rivals = [pts[c]["mean_mbps"] for c in against if c in pts and pts[c]["mean_mbps"]]
+    if tunnel is None or not rivals:
+        return
+    best = max(rivals)
+    res.notes.append(
+        f"{where}: tunnel / best of {', '.join(against)} = {tunnel / best:.3f}"
+        f" (target >= {target:g})"
+    )
+
+
+# ------------------------------------------------------------------ many flows
+
+
+def many_flows(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """1, 8, 64 parallel TCP downloads, each with a 1 Mbit/s UDP flow alongside."""
+    res = ScenarioResult("many_flows", asdict(s))
+    reset_links(lab)
+    check = _validate(lab, res, "default links", progress)
+    res.links = _links_record(lab, check)
+    for n in s.flows:
+        for contender in s.flows_contenders:
+            runs: list[IperfResult] = []
+            udp: list[dict[str, Any]] = []
+            for rep in range(s.reps):
+                udp_box: dict[str, Any] = {}
+                thread = threading.Thread(
+                    target=_udp_alongside,
+                    args=(lab, s.flows_seconds + 2, s.udp_mbit, udp_box),
+                )
+                try:
+                    agents.ensure(path_of(contender).agents)
+                except LabError as exc:
+                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
+                    continue
+                thread.start()
+                try:
+                    r = bulk(lab, agents, contender, s.flows_seconds, omit=2, parallel=n)
+                except LabError as exc:
+                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
+                    continue
+                finally:
+                    thread.join(s.flows_seconds + 60)
+                runs.append(r)
+                udp.append(udp_box)
+                progress.step(
+                    f"flows={n} {contender} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s,"
+                    f" jain {jain(stream_mbps(r))}, udp loss {udp_box.get('lost_pct')} %"
+                )
+            res.add_point(
+                contender,
+                [r.mbps for r in runs],
+                x_name="tcp_flows",
+                x=n,
+                jain=[jain(stream_mbps(r)) for r in runs],
+                streams_mbps=[stream_mbps(r) for r in runs],
+                udp=udp,
+            )
+            save(res)
+    return res
+
+
+def _udp_alongside(lab: Lab, seconds: int, mbit: float, box: dict[str, Any]) -> None:
+    try:
+        r = iperf3(
+            lab,
+            "client",
+            "server",
+            SERVER,
+            seconds=seconds,
+            omit=0,
+            reverse=True,
+            udp=True,
+            bitrate=f"{mbit}M",
+            length=200,
+        )
+        box["offered_mbps"] = mbit
+        box["mbps"] = round(r.mbps, 3)
+        box["lost_pct"] = round(r.lost_pct or 0.0, 3)
+        box["jitter_ms"] = round(float(r.raw["end"]["sum"].get("jitter_ms", 0.0)), 3)
+    except (LabError, KeyError) as exc:
+        box["error"] = str(exc)
+
+
+# ------------------------------------------------------------------ datapath ceiling
+
+
+def datapath_ceiling(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """No emulation at all: raw MPTCP between the proxies vs the tunnel, same run."""
+    res = ScenarioResult("datapath_ceiling", asdict(s))
+    reset_links(lab)
+    for name in ("fixed", "cellular"):
+        linkctl.unshape(lab, name)
+    res.links = {name: {"rate_mbit": None, "rtt_ms": None, "loss_pct": 0.0} for name in lab.links}
+    res.notes.append("no tbf, no delay, no loss on either access link (veth pairs only)")
+    try:
+        means = {}
+        for contender in ("raw-mptcp", "mptcp-tunnel"):
+            runs = _runs(lab, agents, contender, s, progress, "ceiling", s.ceiling_seconds, omit=2)
+            p = res.add_point(
+                contender, [r.mbps for r in runs], retransmits=[r.retransmits for r in runs]
+            )
+            means[contender] = p["mean_mbps"]
+            save(res)
+        if means.get("raw-mptcp") and means.get("mptcp-tunnel") is not None:
+            ratio = round(means["mptcp-tunnel"] / means["raw-mptcp"], 4)
+            res.points[-1]["ratio_to_raw"] = ratio
+            res.notes.append(f"tunnel / raw MPTCP = {ratio}")
+    finally:
+        for name in ("fixed", "cellular"):
+            linkctl.reshape(lab, name)
+    return res
+
+
+# ------------------------------------------------------------------ latency
+
+
+def latency(
+    lab: Lab,
+    agents: Agents,
+    s: Settings,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    """Ping client -> server idle and during a bulk download; direct routing vs the tunnel."""
+    res = ScenarioResult("latency", asdict(s))
+    reset_links(lab)
+    check = _validate(lab, res, "default links", progress)
+    res.links = _links_record(lab, check)
+    res.notes.append(
+        "fixed-only here = plain IPv4 routing client <-> server over the fixed link, no agents"
+    )
+    interval = 0.05
+    for contender in s.latency_contenders:
+        direct = contender == "fixed-only"
+        if direct:
+            agents.stop()
+            linkctl.direct_routes(lab, add=True)
+        try:
+            if not direct:
+                agents.ensure(path_of(contender).agents)
+            idle = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=interval)
+            res.add_point(
+                contender,
+                [],
+                condition="idle",
+                rtts_ms_count=len(idle),
+                p50_ms=percentile(idle, 50),
+                p99_ms=percentile(idle, 99),
+                min_ms=min(idle, default=None),
+            )
+            progress.step(
+                f"latency {contender} idle: p50 {percentile(idle, 50)} ms,"
+                f" p99 {percentile(idle, 99)} ms"
+            )
+            seconds = int(s.latency_pings * interval) + 6
+            box: dict[str, Any] = {}
+            thread = threading.Thread(target=_bulk_download, args=(lab, contender, seconds, box))
+            thread.start()
+            try:
+                threading.Event().wait(3)  # let the transfer fill the queues
+                loaded = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=interval)
+            finally:
+                thread.join(seconds + 60)
+            runs = [box["mbps"]] if "mbps" in box else []
+            res.add_point(
+                contender,
+                runs,
+                condition="bulk",
+                rtts_ms_count=len(loaded),
+                p50_ms=percentile(loaded, 50),
+                p99_ms=percentile(loaded, 99),
+                min_ms=min(loaded, default=None),
+                error=box.get("error"),
+            )
+            progress.step(
+                f"latency {contender} under load: p50 {percentile(loaded, 50)} ms,"
+                f" p99 {percentile(loaded, 99)} ms, bulk {box.get('mbps')} Mbit/s"
+            )
+            save(res)
+        finally:
+            if direct:
+                linkctl.direct_routes(lab, add=False)
+    return res
+
+
+def _bulk_download(lab: Lab, contender: str, seconds: int, box: dict[str, Any]) -> None:
+    try:
+        r = iperf3(lab, "client", "server", SERVER, seconds=seconds, omit=0, reverse=True)
+        box["mbps"] = round(r.mbps, 3)
+    except LabError as exc:
+        box["error"] = str(exc)
+        warn(f"latency bulk transfer ({contender}): {exc}")
+
+
+RUNNERS: dict[str, Runner] = {
+    "fig8_aggregation": fig8_aggregation,
+    "fig9_cell_rtt": fig9_cell_rtt,
+    "fig10_fixed_loss": fig10_fixed_loss,
+    "many_flows": many_flows,
+    "latency": latency,
+    "datapath_ceiling": datapath_ceiling,
+}
