@@ -313,3 +313,49 @@ def test_endpoint_flag_change_by_reload_keeps_the_connection(pair: Pair) -> None
     assert cpe.log.read_text().count("session up") == 1  # no reconnect
     assert pair.metrics(pair.cpe)['mptcp_tunnel_session_up{cpe="cpe1"}'] == 1
     assert cpe.stop() == 0 and bgw.stop() == 0
+
+
+def subflow_sources(pair: Pair) -> list[str]:
+    res = subprocess.run(
+        ["ip", "netns", "exec", pair.cpe, "ss", "-tnH", "state", "established", "dst", "10.1.0.2:7440"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(line.split()[2].split("%")[0].rsplit(":", 1)[0] for line in res.stdout.splitlines())
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_lost_subflow_and_a_flushed_link_route_come_back(pair: Pair) -> None:
+    bgw = pair.start("bgw", pair.config("bgw"))
+    bgw.wait_log("BGW listening")
+    cpe = pair.start("cpe", pair.config("cpe"))
+    cpe.wait_log("session up")
+    wait_for(lambda: subflow_sources(pair) == ["10.1.0.1", "10.2.0.1"], 10, "two subflows")
+
+    # The kernel never retries a subflow that died: the agent must ask for a new one.
+    sh("ip", "netns", "exec", pair.cpe, "ss", "-K", "-tn", "src", "10.2.0.1", "dst", "10.1.0.2")
+    assert subflow_sources(pair) == ["10.1.0.1"]
+    wait_for(lambda: subflow_sources(pair) == ["10.1.0.1", "10.2.0.1"], 30, "the cellular subflow")
+    assert "no subflow on the cellular link" in cpe.log.read_text()
+
+    # A link going down flushes the default route of its policy table; it must be put back.
+    sh("ip", "-n", pair.cpe, "link", "set", "wan_cell", "down")
+    sh("ip", "-n", pair.cpe, "link", "set", "wan_cell", "up")
+
+    def table_102() -> str:
+        return subprocess.run(
+            ["ip", "-n", pair.cpe, "route", "show", "table", "102"], capture_output=True, text=True
+        ).stdout
+
+    wait_for(lambda: "default via 10.2.0.2 dev wan_cell" in table_102(), 15, "table 102's default route")
+    assert cpe.log.read_text().count("session up") == 1  # all of it without a reconnect
+    assert cpe.stop() == 0 and bgw.stop() == 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
 from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_config
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, subflow_local_addresses
 from mptcp_tunnel.runtime import TICK_S, Runtime
 from mptcp_tunnel.session import Session
 from mptcp_tunnel.tun import open_tun, sync_routes
@@ -19,6 +20,7 @@ from mptcp_tunnel.tun import open_tun, sync_routes
 log = logging.getLogger("mptcp_tunnel.cpe")
 
 CONNECT_TIMEOUT_S = 3.0
+RECONCILE_S = 5.0  # re-apply routing/endpoints (a link going down flushes its routes)
 
 
 class ConnectFailed(Exception):
@@ -31,6 +33,9 @@ class CpeAgent:
         self.cfg = cfg
         self.rt = runtime
         self.backoff = Backoff(cfg.cpe.reconnect_initial_s, cfg.cpe.reconnect_max_s)
+        self.problems: frozenset[str] = frozenset()
+        self.missing_subflow: dict[str, int] = {}
+        self.last_reconcile = 0.0
         runtime.on_reload = self.reload
 
     @property
@@ -39,7 +44,7 @@ class CpeAgent:
         return self.cfg.cpe
 
     def run(self) -> int:
-        netsetup.apply_logged(self.cfg)
+        self.problems = netsetup.apply_logged(self.cfg)
         tun_fd = open_tun(self.cfg.tunnel.tun_name, self.cfg.tunnel.mtu)
         try:
             sync_routes(self.cfg.tunnel.tun_name, self.cpe.routes)
@@ -79,6 +84,7 @@ class CpeAgent:
             while not session.ended.wait(TICK_S):
                 session.poll_info()
                 self.rt.tick()
+                self.reconcile(session)
                 if self.rt.stop.is_set():
                     session.close("local_stop: agent stopping")
             session.join()
@@ -91,6 +97,32 @@ class CpeAgent:
                 self.rt.sleep(delay)
         log.info("stopped")
         return exitcodes.OK
+
+    def reconcile(self, session: Session) -> None:
+        """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
+        now = time.monotonic()
+        if now - self.last_reconcile < RECONCILE_S:
+            return
+        self.last_reconcile = now
+        self.problems = netsetup.apply_logged(self.cfg, self.problems)
+        try:
+            local = set(subflow_local_addresses(session.sock))
+        except OSError:
+            return
+        for link in self.cpe.links:
+            if str(link.address) in local:
+                self.missing_subflow.pop(link.name, None)
+                continue
+            # Two checks in a row without a subflow: ask the kernel for a new one.
+            streak = self.missing_subflow.get(link.name, 0) + 1
+            self.missing_subflow[link.name] = streak
+            if streak % 2 == 0:
+                if streak == 2:
+                    log.info("no subflow on the %s link: asking the kernel for a new one", link.name)
+                try:
+                    netsetup.recreate_endpoint(self.cfg, link)
+                except (netsetup.NetworkSetupError, OSError) as exc:
+                    log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
     def connect(self) -> tuple[socket.socket, str]:
         """Connect from each link's address in turn (primary first) and authenticate."""
@@ -129,6 +161,6 @@ class CpeAgent:
         assert new.cpe is not None
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
-        netsetup.apply_logged(new)
+        self.problems = netsetup.apply_logged(new, self.problems)
         sync_routes(new.tunnel.tun_name, new.cpe.routes)
         log.info("config reloaded (BGW address, port and secret apply from the next connection)")

@@ -5,7 +5,9 @@ Python does not export SOL_MPTCP or MPTCP_INFO; the values come from <linux/mptc
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -63,3 +65,33 @@ def mptcp_info(sock: socket.socket) -> MptcpInfo:
     retransmits = struct.unpack_from("=I", data, 48)[0] if len(data) >= 52 else 0
     sent, received = struct.unpack_from("=QQ", data, 64) if len(data) >= 80 else (0, 0)
     return MptcpInfo(subflows=data[0] + 1, bytes_sent=sent, bytes_received=received, retransmits=retransmits)
+
+
+MPTCP_SUBFLOW_ADDRS = 3
+_SUBFLOW_DATA = struct.Struct("=IIII")  # size_subflow_data, num_subflows, size_kernel, size_user
+_SUBFLOW_ADDRS_SIZE = 256  # struct mptcp_subflow_addrs: local + remote sockaddr_storage
+_MAX_SUBFLOWS = 8
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def subflow_local_addresses(sock: socket.socket) -> list[str]:
+    """Local addresses of the connection's subflows (MPTCP_SUBFLOW_ADDRS).
+
+    Python's getsockopt cannot pass the input header this option needs, so libc is called directly.
+    """
+    size = _SUBFLOW_DATA.size + _MAX_SUBFLOWS * _SUBFLOW_ADDRS_SIZE
+    buf = ctypes.create_string_buffer(_SUBFLOW_DATA.pack(_SUBFLOW_DATA.size, 0, 0, _SUBFLOW_ADDRS_SIZE), size)
+    length = ctypes.c_uint32(size)
+    if _libc.getsockopt(sock.fileno(), SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    _, count, _, entry = _SUBFLOW_DATA.unpack_from(buf.raw)
+    addresses = []
+    for i in range(min(count, _MAX_SUBFLOWS)):
+        off = _SUBFLOW_DATA.size + i * entry
+        (family,) = struct.unpack_from("=H", buf.raw, off)
+        if family == socket.AF_INET:
+            addresses.append(socket.inet_ntop(socket.AF_INET, buf.raw[off + 4 : off + 8]))
+        elif family == socket.AF_INET6:
+            addresses.append(socket.inet_ntop(socket.AF_INET6, buf.raw[off + 8 : off + 24]))
+    return addresses

@@ -304,14 +304,33 @@ def _apply_routing(ipr: IPRoute, link: Link, ifindex: int, report: Report, check
                 report.problems.append(f"link {link.name}: gateway {gateway} is not on {link.interface}")
 
 
-def apply_logged(cfg: AgentConfig) -> None:
-    """apply() for a running agent: changes and problems are logged, never fatal."""
+def recreate_endpoint(cfg: AgentConfig, link: Link) -> None:
+    """Delete and re-add a link's endpoint: the kernel then opens a new subflow on it for every
+    established connection (it never retries a subflow that died on its own)."""
+    with _netlink() as (ipr, pm):
+        found = ipr.link_lookup(ifname=link.interface)
+        for ep in pm.endpoints():
+            if ep.address == str(link.address):
+                pm.delete(ep)
+        if found:
+            pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link), found[0]))
+
+
+def apply_logged(cfg: AgentConfig, known_problems: frozenset[str] = frozenset()) -> frozenset[str]:
+    """apply() for a running agent: changes are logged, new problems too; nothing is fatal.
+
+    Returns the current problems, to pass back next time so a lasting problem is logged once.
+    """
     try:
         report = apply(cfg)
-    except NetworkSetupError as exc:
+    except (NetworkSetupError, OSError) as exc:
         log.error("network setup failed: %s", exc)
-        return
+        return known_problems
     for change in report.changes:
         log.info("network: %s", change)
     for problem in report.problems:
-        log.warning("network: %s", problem)
+        if problem not in known_problems:
+            log.warning("network: %s", problem)
+    for solved in known_problems - set(report.problems):
+        log.info("network: solved: %s", solved)
+    return frozenset(report.problems)
