@@ -200,6 +200,10 @@ class Lab:
         if child is not None:
             child.poll()
 
+    def pid(self, name: str) -> int | None:
+        """PID of a process started with ``popen`` (from its pid file)."""
+        return procs.read_pid(self.state_dir, name)
+
     def alive(self, name: str) -> bool:
         pid = procs.read_pid(self.state_dir, name)
         if pid is None:
