@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import testinfra
+import yaml
 
 AGENT_UNIT = "mptcp-tunnel.service"
 NETWORK_UNIT = "mptcp-tunnel-network.service"
@@ -114,3 +121,46 @@ def peer_address_seen(client: Any, server: Any, dst: str, port: int = 5301) -> s
         raise AssertionError(f"no answer from {dst}:{port}: {res.stderr}")
     finally:
         stop_unit(server, "mt-echo-peer")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_site(inventory: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real site.yml against `inventory` (as an operator would) and fail on error."""
+    env = dict(
+        os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_CONFIG=str(REPO / "ansible.cfg")
+    )
+    cmd = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(inventory),
+        "site.yml",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    )
+    return proc
+
+
+def molecule_inventory_without(tmp: Path, *hosts: str) -> Path:
+    """A copy of this scenario's Molecule inventory with `hosts` removed from every group."""
+    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not eph:
+        pytest.skip("needs Molecule's inventory (run through `molecule verify`)")
+    src = Path(eph) / "inventory"
+    dst = tmp / "inventory"
+    shutil.copytree(src, dst, symlinks=True)
+    inv_file = dst / "ansible_inventory.yml"
+    inv = yaml.safe_load(inv_file.read_text())
+    for group in inv.values():
+        for h in hosts:
+            (group.get("hosts") or {}).pop(h, None)
+    inv_file.write_text(yaml.safe_dump(inv))
+    for h in hosts:
+        (dst / "host_vars" / h).unlink(missing_ok=True)
+    return dst

@@ -1,0 +1,122 @@
+"""One BGW serving three CPEs, each with its own client and prefix, deployed by site.yml."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+from mtcheck import (
+    AGENT_UNIT,
+    host,
+    iperf3,
+    ipj,
+    metric,
+    metrics,
+    molecule_inventory_without,
+    ok,
+    peer_address_seen,
+    run_site,
+    start_unit,
+    stop_unit,
+    wait_ping,
+)
+
+BGW, SERVER = host("mtf-bgw1"), host("mtf-server")
+N = (1, 2, 3)
+CPES = {n: host(f"mtf-cpe{n}") for n in N}
+CLIENTS = {n: host(f"mtf-client{n}") for n in N}
+SERVER4, SERVER6 = "172.16.0.2", "fd00:172::2"
+
+
+def test_bgw_serves_every_cpe():
+    for n in N:
+        assert BGW.interface(f"mt-cpe{n}").exists
+        routes = ipj(BGW, f"route show 192.168.{10 + n}.0/24")
+        assert routes and routes[0]["dev"] == f"mt-cpe{n}"
+    m = metrics(BGW)
+    for n in N:
+        assert metric(m, "mptcp_tunnel_session_up", cpe=f"cpe{n}") == 1
+
+
+@pytest.mark.parametrize("n", N)
+def test_every_client_reaches_the_server(n):
+    client = CLIENTS[n]
+    wait_ping(client, SERVER4)
+    wait_ping(client, SERVER6)
+    assert peer_address_seen(client, SERVER, SERVER4) == f"192.168.{10 + n}.2"
+    seen6 = peer_address_seen(client, SERVER, SERVER6)
+    assert ipaddress.ip_address(seen6) == ipaddress.ip_address(f"fd00:{10 + n}::2")
+
+
+def test_clients_in_parallel():
+    # TCP from client 1 while clients 2 and 3 ping: sessions are independent
+    result = iperf3(CLIENTS[1], SERVER, SERVER4, seconds=3)
+    assert result["end"]["sum_received"]["bits_per_second"] > 5e6
+    for n in (2, 3):
+        ok(CLIENTS[n], f"ping -c 3 -i 0.2 -W 2 {SERVER4}")
+
+
+def _udp_received(marker: str) -> bool:
+    return SERVER.run(f"grep -q {marker} /tmp/mt-udp-got").rc == 0
+
+
+def test_cpe_cannot_use_another_cpes_prefix():
+    """cpe2 sends with a source from cpe1's prefix: the BGW drops (and counts) it."""
+    cpe2 = CPES[2]
+    SERVER.run("rm -f /tmp/mt-udp-got")
+    start_unit(
+        SERVER, "mt-udp-recv", "socat -u UDP4-RECV:6000,reuseaddr OPEN:/tmp/mt-udp-got,creat,append"
+    )
+    cpe2.run("ip addr del 192.168.11.99/32 dev lo")
+    ok(cpe2, "ip addr add 192.168.11.99/32 dev lo")
+    try:
+        drops_before = metric(metrics(BGW), "mptcp_tunnel_spoofed_drops_total", cpe="cpe2")
+        # control: from cpe2's own prefix the datagram arrives
+        ok(
+            cpe2,
+            f"sh -c 'echo legit-from-cpe2 | socat -u - UDP4-SENDTO:{SERVER4}:6000,bind=192.168.12.1'",
+        )
+        deadline = time.monotonic() + 10
+        while not _udp_received("legit-from-cpe2"):
+            assert time.monotonic() < deadline, (
+                "the control datagram from cpe2's own prefix never arrived"
+            )
+            time.sleep(0.2)
+        for _ in range(5):
+            ok(
+                cpe2,
+                f"sh -c 'echo spoofed-by-cpe2 | socat -u - UDP4-SENDTO:{SERVER4}:6000,bind=192.168.11.99'",
+            )
+        time.sleep(2)
+        assert not _udp_received("spoofed-by-cpe2"), (
+            "a datagram with cpe1's source crossed cpe2's session"
+        )
+        drops = metric(metrics(BGW), "mptcp_tunnel_spoofed_drops_total", cpe="cpe2") - drops_before
+        assert drops >= 5
+        # cpe2's session survives and still carries its own traffic
+        ok(CLIENTS[2], f"ping -c 2 -W 2 {SERVER4}")
+    finally:
+        cpe2.run("ip addr del 192.168.11.99/32 dev lo")
+        stop_unit(SERVER, "mt-udp-recv")
+
+
+def test_removing_a_cpe_from_the_inventory_removes_its_state(tmp_path):
+    """Last: re-run site.yml on the BGW with cpe3 gone from the inventory."""
+    pid_before = BGW.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip()
+    reconnects = {n: metric(metrics(CPES[n]), "mptcp_tunnel_reconnects_total") for n in (1, 2)}
+    inventory = molecule_inventory_without(tmp_path, "mtf-cpe3")
+    run_site(inventory, "--limit", "bgw")
+    assert "cpe3" not in BGW.file("/etc/mptcp-tunnel/config.yaml").content_string
+    deadline = time.monotonic() + 15
+    while BGW.interface("mt-cpe3").exists:
+        assert time.monotonic() < deadline, "mt-cpe3 still exists on the BGW"
+        time.sleep(0.5)
+    assert ipj(BGW, "route show 192.168.13.0/24") == []
+    assert ipj(BGW, "-6 route show fd00:13::/64") == []
+    # a reload, not a restart; the other CPEs' sessions were not touched
+    assert BGW.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip() == pid_before
+    for n in (1, 2):
+        ok(CLIENTS[n], f"ping -c 2 -W 2 {SERVER4}")
+        assert metric(metrics(CPES[n]), "mptcp_tunnel_reconnects_total") == reconnects[n]
+    assert CLIENTS[3].run(f"ping -c 2 -W 1 {SERVER4}").rc != 0
