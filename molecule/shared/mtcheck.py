@@ -147,6 +147,16 @@ def run_site(inventory: Path, *args: str, timeout: int = 600) -> subprocess.Comp
     return proc
 
 
+def handler_changed(play_output: str, handler: str) -> bool:
+    """Whether `handler` ran and reported a change in ansible-playbook's output."""
+    marker = f"RUNNING HANDLER [{handler}]"
+    for chunk in play_output.split(marker)[1:]:
+        section = chunk.split("TASK [")[0].split("RUNNING HANDLER [")[0]
+        if "changed:" in section:
+            return True
+    return False
+
+
 def molecule_inventory_without(tmp: Path, *hosts: str) -> Path:
     """A copy of this scenario's Molecule inventory with `hosts` removed from every group."""
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")

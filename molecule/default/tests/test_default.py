@@ -9,13 +9,16 @@ import pytest
 from mtcheck import (
     AGENT_UNIT,
     NETWORK_UNIT,
+    handler_changed,
     host,
     iperf3,
     ipj,
     metric,
     metrics,
+    molecule_inventory_without,
     ok,
     peer_address_seen,
+    run_site,
     tx_bytes,
     wait_ping,
 )
@@ -140,6 +143,27 @@ def test_udp_iperf3():
 def test_tcp_iperf3_ipv6():
     result = iperf3(CLIENT, SERVER, SERVER6, seconds=3)
     assert result["end"]["sum_received"]["bits_per_second"] > 2e6
+
+
+def test_policy_change_reloads_without_dropping_the_connection(tmp_path):
+    """site.yml with policy=backup: the cellular endpoint gets the backup flag by a reload (SIGHUP);
+    the agent keeps its PID and its MPTCP connection; then the original policy is restored."""
+    inventory = molecule_inventory_without(tmp_path)
+    pid = CPE.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip()
+    reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
+    try:
+        play = run_site(inventory, "--limit", "mtm-cpe1", "-e", "mptcp_tunnel_cpe_policy=backup")
+        eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
+        assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
+        assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
+        if not handler_changed(play.stdout, "mptcp_tunnel : Restart mptcp-tunnel"):
+            assert CPE.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip() == pid
+            assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
+        wait_ping(CLIENT, SERVER4)
+    finally:
+        run_site(inventory, "--limit", "mtm-cpe1")
+    eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
+    assert not eps["10.2.0.1"].get("backup")
 
 
 def test_survives_bgw_agent_restart():
