@@ -147,3 +147,12 @@ def test_run_with_a_bad_config_exits_2_before_touching_anything(tmp_path: Path) 
 def test_bad_command_line_exits_2_with_usage() -> None:
     res = run_cli("frobnicate")
     assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def test_unavailable_congestion_control_is_a_config_error_at_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "cc.yaml"
+    cfg.write_text(yaml.safe_dump(mutate("cpe.yaml", "tunnel.congestion_control", "warp-drive")))
+    assert run_cli("check-config", str(cfg)).returncode == 0  # fine on another host ...
+    res = run_cli("run", "--config", str(cfg))  # ... but not on this one
+    assert res.returncode == 2
+    assert "tunnel.congestion_control: 'warp-drive' is not available here" in res.stderr

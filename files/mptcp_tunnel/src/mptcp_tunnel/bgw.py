@@ -13,7 +13,7 @@ from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import AgentConfig, ConfigError, CpeEntry, load_config
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, read_message
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, set_congestion_control
 from mptcp_tunnel.runtime import Runtime
 from mptcp_tunnel.session import Session
 from mptcp_tunnel.srcfilter import SourceFilter
@@ -49,6 +49,7 @@ class BgwAgent:
         listener = mptcp_socket(socket.AF_INET if listen.version == 4 else socket.AF_INET6)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            set_congestion_control(listener, self.cfg.tunnel.congestion_control)  # inherited on accept
             try:
                 listener.bind((str(listen), self.cfg.tunnel.port))
             except OSError as exc:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from mptcp_tunnel import __version__, exitcodes, metrics, netsetup
 from mptcp_tunnel.config import AgentConfig, ConfigError, load_config
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     return _run(cfg)
 
 
+def _host_problem(cfg: AgentConfig) -> str | None:
+    """Settings that are valid YAML but that this host cannot honour."""
+    cc = cfg.tunnel.congestion_control
+    if cc:
+        available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+        if cc not in available:
+            return f"tunnel.congestion_control: {cc!r} is not available here ({' '.join(available)})"
+    return None
+
+
 def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
     try:
         report = netsetup.apply(cfg, check=check)
@@ -79,6 +90,10 @@ def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
 
 def _run(cfg: AgentConfig) -> int:
     _setup_logging(cfg.log_level)
+    problem = _host_problem(cfg)
+    if problem:
+        print(f"mptcp-tunnel: config error: {cfg.path}: {problem}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
     runtime = Runtime()
     runtime.install_signal_handlers()
     try:

@@ -36,6 +36,7 @@ class TunnelSettings:
     batch_timeout_us: int = 1000
     max_frame_bytes: int = 65535
     keepalive_s: float = 10.0
+    congestion_control: str = ""  # "" = the host's default
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         batch_timeout_us=sec.integer("batch_timeout_us", 1000, 0, 1_000_000),
         max_frame_bytes=sec.integer("max_frame_bytes", 65535, 1280, 65535),
         keepalive_s=sec.number("keepalive_s", 10.0, 0.5, 3600.0),
+        congestion_control=sec.string("congestion_control", ""),
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:

@@ -12,7 +12,13 @@ from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
 from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_config
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, subflow_local_addresses
+from mptcp_tunnel.mptcp import (
+    MptcpFallback,
+    mptcp_info,
+    mptcp_socket,
+    set_congestion_control,
+    subflow_local_addresses,
+)
 from mptcp_tunnel.runtime import TICK_S, Runtime
 from mptcp_tunnel.session import Session
 from mptcp_tunnel.tun import open_tun, sync_routes
@@ -134,6 +140,7 @@ class CpeAgent:
             sock = mptcp_socket(family)
             try:
                 sock.settimeout(CONNECT_TIMEOUT_S)
+                set_congestion_control(sock, self.cfg.tunnel.congestion_control)
                 sock.bind((str(link.address), 0))
                 sock.connect((str(self.cpe.bgw_address), self.cfg.tunnel.port))
                 mptcp_info(sock)  # raises MptcpFallback if MP_CAPABLE did not survive the path

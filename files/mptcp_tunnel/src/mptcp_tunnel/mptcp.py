@@ -49,6 +49,15 @@ def mptcp_socket(family: socket.AddressFamily) -> socket.socket:
         raise
 
 
+def set_congestion_control(sock: socket.socket, name: str) -> None:
+    """Per-connection congestion control (applies to every subflow); "" keeps the host default."""
+    if name:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            raise OSError(exc.errno, f"congestion control {name!r}: {exc.strerror}") from None
+
+
 def mptcp_info(sock: socket.socket) -> MptcpInfo:
     """Connection-level info; raises MptcpFallback when the connection runs as plain TCP."""
     try:
