@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="result directory")
     p.add_argument("--report-only", action="store_true", help="rebuild tables/plots from JSON")
+    p.add_argument("--cc", default="cubic", help="end hosts' TCP congestion control (iperf3 -C)")
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     return p
 
@@ -60,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from run_bench.scenarios import RUNNERS, Settings
 
     settings = Settings.make(args.quick, args.reps)
+    settings.inner_cc = args.cc
     chosen = [s for s in ORDER if s in chosen]
     progress = Progress(sum(settings.steps(s) for s in chosen))
     lab = Lab()
     print(
         f"run_bench: {'quick' if settings.quick else 'full'} run, {settings.reps} repetition(s),"
-        f" scenarios {', '.join(chosen)}; lab prefix {lab.prefix}; results in {args.out}",
+        f" end-host TCP {settings.inner_cc}, scenarios {', '.join(chosen)};"
+        f" lab prefix {lab.prefix}; results in {args.out}",
         flush=True,
     )
     t0 = time.monotonic()

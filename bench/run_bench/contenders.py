@@ -118,11 +118,17 @@ def bulk(
     omit: int = 0,
     parallel: int = 1,
     retries: int = 1,
+    cc: str | None = None,
 ) -> IperfResult:
-    """One download measurement for ``contender`` (retried once if iperf3 itself fails)."""
+    """One download measurement for ``contender`` (retried once if iperf3 itself fails).
+
+    ``cc`` sets the end hosts' TCP congestion control (iperf3 ``-C``, both ends).
+    """
     p = path_of(contender)
     agents.ensure(p.agents)
     extra = ["-P", str(parallel)] if parallel > 1 else []
+    if cc:
+        extra += ["-C", cc]
     for attempt in range(retries + 1):
         try:
             return iperf3(
@@ -143,6 +149,13 @@ def bulk(
             agents.ensure(p.agents)
             time.sleep(1)
     raise AssertionError("unreachable")
+
+
+def congestion(result: IperfResult) -> str | None:
+    """The congestion control the sender used (iperf3 reports it in ``end``)."""
+    end = result.raw.get("end", {})
+    cc = end.get("sender_tcp_congestion")
+    return str(cc) if cc else None
 
 
 def series(result: IperfResult) -> list[float]:

@@ -23,6 +23,7 @@ RTT_TOLERANCE_MS = 1.0
 LOSS_TOLERANCE_REL = 0.10
 LOSS_PROBE_MIN_PCT = 0.5  # below this a probe cannot resolve ±10 % in seconds
 LOSS_PROBE_COUNT = 3000
+TC_ROOT = 0xFFFFFFFF
 
 
 def link_ends(name: str) -> tuple[topology.End, topology.End]:
@@ -154,7 +155,7 @@ def unshape(lab: Lab, name: str) -> None:
         with IPRoute(netns=ns) as ipr:
             idx = ipr.link_lookup(ifname=end.ifname)[0]
             with contextlib.suppress(NetlinkError):
-                ipr.tc("del", index=idx, handle="1:")
+                ipr.tc("del", index=idx, handle="1:", parent=TC_ROOT)
         for tool in ("iptables", "ip6tables"):
             subprocess.run(
                 ["ip", "netns", "exec", ns, tool, "-w", "-t", "mangle", "-D", "PREROUTING"]

@@ -11,7 +11,15 @@ from mtlab import Lab, LabError
 from mtlab.measure import IperfResult, iperf3, ping_rtts
 
 from run_bench import linkctl
-from run_bench.contenders import SERVER, Agents, bulk, path_of, series, stream_mbps
+from run_bench.contenders import (
+    SERVER,
+    Agents,
+    bulk,
+    congestion,
+    path_of,
+    series,
+    stream_mbps,
+)
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 
 DEFAULT_LINKS = {
@@ -47,6 +55,7 @@ class Settings:
     )
     ooo_timeout_ms: float = 10.0
     inseq_timeout_ms: float = 1.0
+    inner_cc: str = "cubic"  # end hosts' TCP (the paper's hosts ran Linux 4.9's default, cubic)
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
@@ -131,10 +140,12 @@ def _runs(
     out = []
     for rep in range(s.reps):
         try:
-            r = bulk(lab, agents, contender, seconds, omit=omit, parallel=parallel)
+            r = bulk(lab, agents, contender, seconds, omit=omit, parallel=parallel, cc=s.inner_cc)
         except LabError as exc:
             progress.step(f"{label} {contender} rep {rep + 1}: FAILED ({exc})")
             continue
+        if rep == 0 and congestion(r) not in (None, s.inner_cc):
+            warn(f"{contender}: sender used {congestion(r)}, not {s.inner_cc}")
         out.append(r)
         progress.step(
             f"{label} {contender} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s"
@@ -353,7 +364,9 @@ def many_flows(
                     continue
                 thread.start()
                 try:
-                    r = bulk(lab, agents, contender, s.flows_seconds, omit=2, parallel=n)
+                    r = bulk(
+                        lab, agents, contender, s.flows_seconds, omit=2, parallel=n, cc=s.inner_cc
+                    )
                 except LabError as exc:
                     progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
                     continue
@@ -479,7 +492,9 @@ def latency(
             )
             seconds = int(s.latency_pings * interval) + 6
             box: dict[str, Any] = {}
-            thread = threading.Thread(target=_bulk_download, args=(lab, contender, seconds, box))
+            thread = threading.Thread(
+                target=_bulk_download, args=(lab, contender, seconds, box, s.inner_cc)
+            )
             thread.start()
             try:
                 threading.Event().wait(3)  # let the transfer fill the queues
@@ -508,9 +523,18 @@ def latency(
     return res
 
 
-def _bulk_download(lab: Lab, contender: str, seconds: int, box: dict[str, Any]) -> None:
+def _bulk_download(lab: Lab, contender: str, seconds: int, box: dict[str, Any], cc: str) -> None:
     try:
-        r = iperf3(lab, "client", "server", SERVER, seconds=seconds, omit=0, reverse=True)
+        r = iperf3(
+            lab,
+            "client",
+            "server",
+            SERVER,
+            seconds=seconds,
+            omit=0,
+            reverse=True,
+            extra=["-C", cc],
+        )
         box["mbps"] = round(r.mbps, 3)
     except LabError as exc:
         box["error"] = str(exc)
