@@ -49,6 +49,7 @@ class Session:
         self.reason = ""
         self.ended = threading.Event()
         self._lock = threading.Lock()
+        self._released = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._threads = [
             threading.Thread(target=self._guard, args=(self._ptos,), name=f"ptos-{cpe_id}", daemon=True),
@@ -78,10 +79,18 @@ class Session:
             self.sock.shutdown(socket.SHUT_RDWR)
 
     def join(self) -> None:
-        """Wait for both pumps and release the socket (the TUN fd belongs to the caller)."""
+        """Wait for both pumps and release the socket (the TUN fd belongs to the caller).
+
+        Safe to call from several threads: the fds are closed exactly once, so a closed fd number
+        that the kernel has already handed out again is never closed a second time.
+        """
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join()
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         self.sock.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
