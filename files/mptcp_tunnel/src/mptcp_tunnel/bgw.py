@@ -96,6 +96,13 @@ class BgwAgent:
                     if slot.session is session:
                         slot.session = None
 
+    def _admit_guarded(self, conn: socket.socket, peer: str) -> None:
+        try:
+            self._admit(conn, peer)
+        except Exception:  # a bug must cost one connection, never the listener
+            log.exception("internal error while admitting %s", peer)
+            conn.close()
+
     def _admit(self, conn: socket.socket, peer: str) -> None:
         """Handshake with a new connection; on success it becomes the CPE's session."""
         try:

@@ -116,6 +116,9 @@ def _run(cfg: AgentConfig) -> int:
     except MptcpUnavailable as exc:
         log.error("%s", exc)
         return exitcodes.NO_MPTCP
-    except TunError as exc:
+    except (TunError, netsetup.NetworkSetupError) as exc:
         log.error("%s", exc)
+        return exitcodes.RUNTIME_ERROR
+    except Exception:
+        log.exception("internal error, stopping (please report this with the log above)")
         return exitcodes.RUNTIME_ERROR
