@@ -8,9 +8,9 @@ import os
 import socket
 import struct
 from collections.abc import Iterable
-from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from mptcp_tunnel.config import IPNetwork
 
@@ -20,6 +20,7 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2
+IN6_ADDR_GEN = "IFLA_INET6_ADDR_GEN_MODE"
 TX_QUEUE_LEN = 5000  # 1000 overflows as soon as the agent lags behind a burst
 
 
@@ -39,10 +40,11 @@ def open_tun(name: str, mtu: int, vnet_hdr: bool = False) -> int:
     except OSError as exc:
         os.close(fd)
         raise TunError(f"cannot create TUN device {name}: {exc.strerror}") from None
-    # No IPv6 link-local on the tunnel: otherwise it chatters RS/MLD into the tunnel.
-    _write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode", "1")
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
+        # No IPv6 link-local on the tunnel (addr_gen_mode none): otherwise it chatters RS/MLD into it.
+        with contextlib.suppress(NetlinkError):  # IPv6 disabled on this host: nothing to silence
+            ipr.link("set", index=idx, af_spec={"attrs": [("AF_INET6", {"attrs": [(IN6_ADDR_GEN, 1)]})]})
         ipr.link("set", index=idx, mtu=mtu, txqlen=TX_QUEUE_LEN, state="up")
     return fd
 
@@ -64,8 +66,3 @@ def sync_routes(name: str, prefixes: Iterable[IPNetwork]) -> None:
 
 def _any(family: int) -> str:
     return "0.0.0.0" if family == socket.AF_INET else "::"
-
-
-def _write_sysctl(path: str, value: str) -> None:
-    with contextlib.suppress(OSError):  # IPv6 disabled on this host: nothing to silence
-        Path(path).write_text(value)
