@@ -286,6 +286,10 @@ def test_bgw_reload_adds_and_removes_cpes_and_keeps_running_on_a_bad_file(pair: 
     config.write_text("role: bgw\nbgw: [broken\n")
     bgw.proc.send_signal(signal.SIGHUP)
     bgw.wait_log("reload refused, keeping the running config")
+    moved = dict(doc, tunnel=dict(doc["tunnel"], port=7441))
+    config.write_text(yaml.safe_dump(moved))
+    bgw.proc.send_signal(signal.SIGHUP)
+    bgw.wait_log("reload refused: changing tunnel.port needs a restart")
 
     doc["bgw"]["cpes"] = doc["bgw"]["cpes"][1:]  # cpe1 leaves the fleet
     config.write_text(yaml.safe_dump(doc))

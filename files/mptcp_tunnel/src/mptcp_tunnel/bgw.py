@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
-from mptcp_tunnel.config import AgentConfig, ConfigError, CpeEntry, load_config
+from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, read_message
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, set_congestion_control
 from mptcp_tunnel.runtime import Runtime
@@ -202,19 +202,11 @@ class BgwAgent:
             sync_routes(tun_name(entry.id), entry.prefixes)
 
     def reload(self) -> None:
-        try:
-            new = load_config(self.cfg.path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
-            return
         assert self.cfg.bgw is not None
-        if (
-            new.role != "bgw"
-            or new.bgw is None
-            or new.tunnel.port != self.cfg.tunnel.port
-            or new.bgw.listen_address != self.cfg.bgw.listen_address
-        ):
-            log.error("reload refused: role, listen_address and port need a restart")
+        new = load_for_reload(
+            self.cfg, {"tunnel.port": self.cfg.tunnel.port, "bgw.listen_address": self.cfg.bgw.listen_address}
+        )
+        if new is None or new.bgw is None:
             return
         self.cfg = new
         netsetup.apply_logged(new)

@@ -7,6 +7,7 @@ Every problem is reported as one line that names the file and the key, e.g.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,3 +377,30 @@ def load_config(path: str) -> AgentConfig:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: {where}{problem}") from None
     return parse_config(raw, path)
+
+
+def load_for_reload(current: AgentConfig, restart_keys: dict[str, object]) -> AgentConfig | None:
+    """Re-read ``current``'s file for a reload; None (with the reason logged) if it must be refused.
+
+    ``restart_keys`` maps the names of settings that only a restart can change to their running values.
+    """
+    log = logging.getLogger("mptcp_tunnel.config")
+    try:
+        new = load_config(current.path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
+        return None
+    changed = [
+        key for key, value in {"role": current.role, **restart_keys}.items() if _lookup(new, key) != value
+    ]
+    if changed:
+        log.error("reload refused: changing %s needs a restart", ", ".join(changed))
+        return None
+    return new
+
+
+def _lookup(cfg: AgentConfig, dotted: str) -> object:
+    node: object = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+    return node

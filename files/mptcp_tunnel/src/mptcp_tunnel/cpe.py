@@ -10,7 +10,7 @@ import time
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
-from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_config
+from mptcp_tunnel.config import AgentConfig, CpeSettings, load_for_reload
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
@@ -157,15 +157,9 @@ class CpeAgent:
         raise ConnectFailed("; ".join(errors))
 
     def reload(self) -> None:
-        try:
-            new = load_config(self.cfg.path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+        new = load_for_reload(self.cfg, {"tunnel.tun_name": self.cfg.tunnel.tun_name})
+        if new is None or new.cpe is None:
             return
-        if new.role != "cpe" or new.tunnel.tun_name != self.cfg.tunnel.tun_name:
-            log.error("reload refused: role and tunnel.tun_name need a restart")
-            return
-        assert new.cpe is not None
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
         self.problems = netsetup.apply_logged(new, self.problems)
