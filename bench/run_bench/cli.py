@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="result directory")
     p.add_argument("--report-only", action="store_true", help="rebuild tables/plots from JSON")
+    p.add_argument(
+        "--seconds", type=int, default=None, help="seconds per run in Fig. 9/10 (default 30)"
+    )
     p.add_argument("--cc", default="cubic", help="end hosts' TCP congestion control (iperf3 -C)")
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     return p
@@ -62,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.make(args.quick, args.reps)
     settings.inner_cc = args.cc
+    if args.seconds is not None:
+        if args.seconds < 2:
+            print("run_bench: --seconds must be >= 2", file=sys.stderr)
+            return 2
+        settings.transfer_seconds = args.seconds
     chosen = [s for s in ORDER if s in chosen]
     progress = Progress(sum(settings.steps(s) for s in chosen))
     lab = Lab()
