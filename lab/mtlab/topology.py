@@ -64,6 +64,10 @@ SYSCTLS_ALL = {
     "net/ipv6/conf/default/accept_dad": "0",
 }
 SYSCTLS_ROUTER = {
+    # the tunnel's MPTCP connection is long-lived and often idle between bursts: without this,
+    # every idle period collapses its subflows' cwnd (RFC 2861) and each new inner flow starts
+    # on a tunnel that is itself in slow start
+    "net/ipv4/tcp_slow_start_after_idle": "0",
     "net/ipv4/ip_forward": "1",
     "net/ipv6/conf/all/forwarding": "1",
     "net/ipv6/conf/default/forwarding": "1",
