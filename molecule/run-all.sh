@@ -11,9 +11,18 @@ if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet); fi
 
 "$here/build-image.sh" || { echo "molecule: building the base image failed" >&2; exit 1; }
 
-current=""
+# Freeze the agent's source for this run: every step deploys the same agent.
+snapshot="$(mktemp -d /tmp/mt-agent-src.XXXXXX)"
+tar -C files/mptcp_tunnel --exclude=.venv --exclude=build --exclude='*.egg-info' --exclude=__pycache__ \
+  --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=.hypothesis -cf - . \
+  | tar -C "$snapshot" -xf -
+export MT_AGENT_SOURCE="$snapshot"
+
+current="" child=""
 on_interrupt() {
+  [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null && wait "$child" 2>/dev/null
   [[ -n "$current" ]] && molecule destroy -s "$current" >/dev/null 2>&1
+  rm -rf "$snapshot"
   exit 130
 }
 trap on_interrupt INT TERM
@@ -24,7 +33,10 @@ for s in "${scenarios[@]}"; do
   current="$s"
   start=$(date +%s)
   echo ">> molecule test -s $s"
-  if molecule test -s "$s" --destroy always; then result=passed; else
+  # in the background + wait, so that an interrupt is handled at once
+  molecule test -s "$s" --destroy always &
+  child=$!
+  if wait "$child"; then result=passed; else
     result=FAILED
     rc=1
     molecule destroy -s "$s" >/dev/null 2>&1 || true
@@ -32,5 +44,6 @@ for s in "${scenarios[@]}"; do
   summary+=("molecule: scenario $s $result in $(( $(date +%s) - start )) s")
 done
 current=""
+rm -rf "$snapshot"
 printf '%s\n' "${summary[@]}"
 exit $rc
