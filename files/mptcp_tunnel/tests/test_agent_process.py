@@ -363,3 +363,29 @@ def test_a_lost_subflow_and_a_flushed_link_route_come_back(pair: Pair) -> None:
     wait_for(lambda: "default via 10.2.0.2 dev wan_cell" in table_102(), 15, "table 102's default route")
     assert cpe.log.read_text().count("session up") == 1  # all of it without a reconnect
     assert cpe.stop() == 0 and bgw.stop() == 0
+
+
+def test_a_connection_flood_is_capped_and_the_bgw_recovers(pair: Pair) -> None:
+    bgw = pair.start("bgw", pair.config("bgw"))
+    bgw.wait_log("BGW listening")
+    flood = pair.python(
+        pair.cpe,
+        """
+import socket, time
+held = []
+for _ in range(80):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.connect(("10.1.0.2", 7440))
+    held.append(s)
+time.sleep(2)
+for s in held:
+    s.close()
+""",
+    )
+    assert flood.returncode == 0, flood.stderr
+    refused = pair.metrics(pair.bgw)['mptcp_tunnel_handshake_failures_total{reason="too_many_pending"}']
+    assert refused >= 80 - 64
+    cpe = pair.start("cpe", pair.config("cpe"))
+    cpe.wait_log("session up", timeout=30)
+    assert bgw.proc.poll() is None
+    assert cpe.stop() == 0 and bgw.stop() == 0

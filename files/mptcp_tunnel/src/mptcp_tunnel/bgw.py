@@ -21,6 +21,8 @@ from mptcp_tunnel.tun import open_tun, sync_routes
 
 log = logging.getLogger("mptcp_tunnel.bgw")
 
+MAX_PENDING_HANDSHAKES = 64  # beyond this, new connections are closed at once (flood guard)
+
 
 def tun_name(cpe_id: str) -> str:
     return f"mt-{cpe_id}"
@@ -40,6 +42,7 @@ class BgwAgent:
         self.rt = runtime
         self.slots: dict[str, CpeSlot] = {}
         self.lock = threading.Lock()
+        self.handshake_slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         runtime.on_reload = self.reload
 
     def run(self) -> int:
@@ -72,8 +75,12 @@ class BgwAgent:
                     conn, peer = listener.accept()
                 except TimeoutError:
                     continue
+                if not self.handshake_slots.acquire(blocking=False):
+                    metrics.HANDSHAKE_FAILURES.labels("too_many_pending").inc()
+                    conn.close()
+                    continue
                 threading.Thread(
-                    target=self._admit, args=(conn, peer[0]), daemon=True, name=f"admit-{peer[0]}"
+                    target=self._admit_guarded, args=(conn, peer[0]), daemon=True, name=f"admit-{peer[0]}"
                 ).start()
         finally:
             listener.close()
@@ -102,6 +109,8 @@ class BgwAgent:
         except Exception:  # a bug must cost one connection, never the listener
             log.exception("internal error while admitting %s", peer)
             conn.close()
+        finally:
+            self.handshake_slots.release()
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
         """Handshake with a new connection; on success it becomes the CPE's session."""
