@@ -71,6 +71,8 @@ class CpeAgent:
         while not self.rt.stop.is_set():
             if attempt:
                 metrics.RECONNECTS.inc()
+                # Links may have flapped while we were away: their policy routes must be back first.
+                self.problems = netsetup.apply_logged(self.cfg, self.problems)
             attempt += 1
             try:
                 sock, link_name = self.connect()
