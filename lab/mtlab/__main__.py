@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from .lab import Lab, LabError
 
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(lab, seconds=args.seconds, output=args.output)
-    except LabError as exc:
+    except (LabError, RuntimeError, OSError, NetlinkError) as exc:
         print(f"mtlab: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

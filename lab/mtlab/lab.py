@@ -310,7 +310,13 @@ class Lab:
             pid = procs.read_pid(self.state_dir, name)
             if pid is None or not procs.alive(pid):
                 raise LabError(f"delayer {name} is not running (see {self.state_dir}/{name}.log)")
+            seen = self.log(name).count("delayer: delay now")
             os.kill(pid, signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while self.log(name).count("delayer: delay now") <= seen:  # applied when it says so
+                if time.monotonic() > deadline:
+                    raise LabError(f"delayer {name} did not take the new delay")
+                time.sleep(0.01)
             return
         argv = [
             sys.executable,
