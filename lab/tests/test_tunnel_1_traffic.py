@@ -21,9 +21,19 @@ def test_ping(tunnel: Lab, family: int) -> None:
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["client-to-server", "server-to-client"])
 def test_tcp_iperf3(tunnel: Lab, family: int, reverse: bool) -> None:
-    got = iperf3(tunnel, "client", "server", FAMILIES[family], seconds=4, omit=2, reverse=reverse)
-    # a single link gives at most ~9.6 Mbit/s: more means both links carry this one flow
+    way = "down" if reverse else "up"
+    for attempt in (1, 2):  # one retry: the machine is shared
+        before = {n: tunnel.link_bytes(n)[way] for n in ("fixed", "cellular")}
+        got = iperf3(
+            tunnel, "client", "server", FAMILIES[family], seconds=5, omit=3, reverse=reverse
+        )
+        moved = {n: tunnel.link_bytes(n)[way] - before[n] for n in before}
+        # a single link gives at most ~9.6 Mbit/s: more means both links carry this one flow
+        if got.mbps > 10.0 or attempt == 2:
+            break
     assert got.mbps > 10.0, f"{got.mbps:.2f} Mbit/s"
+    total = sum(moved.values())
+    assert min(moved.values()) > 0.2 * total, f"{way}: one link idle: {moved}"
 
 
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
