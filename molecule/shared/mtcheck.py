@@ -126,23 +126,21 @@ def peer_address_seen(client: Any, server: Any, dst: str, port: int = 5301) -> s
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_site(inventory: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run the real site.yml against `inventory` (as an operator would) and fail on error."""
+def run_site(
+    inventory: Path, *args: str, timeout: int = 600, expect_rc: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run the real site.yml against `inventory` (as an operator would); check its exit code."""
     env = dict(
         os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_CONFIG=str(REPO / "ansible.cfg")
     )
-    cmd = [
-        str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i",
-        str(inventory),
-        "site.yml",
-        *args,
-    ]
+    playbook = str(Path(sys.executable).with_name("ansible-playbook"))
+    cmd = [playbook, "-i", str(inventory), "site.yml", *args]
     proc = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert proc.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == expect_rc, (
+        f"{' '.join(cmd)} exited {proc.returncode}, not {expect_rc}:\n"
+        f"{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
     )
     return proc
 

@@ -145,6 +145,28 @@ def test_tcp_iperf3_ipv6():
     assert result["end"]["sum_received"]["bits_per_second"] > 2e6
 
 
+def test_boot_unit_restores_endpoints_and_rules_without_the_agent():
+    """What mptcp-tunnel-network.service does at boot: endpoints, limits and rules come back."""
+    ok(CPE, f"systemctl stop {AGENT_UNIT}")
+    try:
+        ok(CPE, "ip mptcp endpoint flush")
+        ok(CPE, "ip mptcp limits set subflows 0 add_addr_accepted 0")
+        ok(CPE, "ip rule del from 10.2.0.1 lookup 102")
+        ok(CPE, f"systemctl restart {NETWORK_UNIT}")
+        assert {e["address"] for e in ipj(CPE, "mptcp endpoint show")} == {"10.1.0.1", "10.2.0.1"}
+        assert ok(CPE, "ip mptcp limits show").split() == [
+            "add_addr_accepted",
+            "2",
+            "subflows",
+            "2",
+        ]
+        rules = {(r.get("src"), str(r.get("table"))) for r in ipj(CPE, "rule show")}
+        assert ("10.2.0.1", "102") in rules
+    finally:
+        ok(CPE, f"systemctl start {AGENT_UNIT}")
+    wait_ping(CLIENT, SERVER4, within_s=45)
+
+
 def test_policy_change_reloads_without_dropping_the_connection(tmp_path):
     """site.yml with policy=backup: the cellular endpoint gets the backup flag by a reload (SIGHUP);
     the agent keeps its PID and its MPTCP connection; then the original policy is restored."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 
 import pytest
@@ -100,6 +101,51 @@ def test_cpe_cannot_use_another_cpes_prefix():
     finally:
         cpe2.run("ip addr del 192.168.11.99/32 dev lo")
         stop_unit(SERVER, "mt-udp-recv")
+
+
+@pytest.mark.parametrize(
+    ("limit", "extra", "message"),
+    [
+        (
+            "mtf-bgw1",
+            {"mptcp_tunnel_cpe_prefixes": ["192.168.11.0/24"]},
+            "overlaps 192.168.11.0/24 of CPE",
+        ),
+        (
+            "mtf-cpe1",
+            {"mptcp_tunnel_cpe_bgw": "bgw-nowhere"},
+            "assigned to BGW bgw-nowhere, which is not in the inventory",
+        ),
+        (
+            "mtf-cpe1",
+            {
+                "mptcp_tunnel_cpe_links": [
+                    {
+                        "name": "fixed",
+                        "kind": "fixed",
+                        "interface": "wan_nope",
+                        "address": "10.1.1.1",
+                        "table": 101,
+                    }
+                ]
+            },
+            "needs interface wan_nope",
+        ),
+        (
+            "mtf-cpe1",
+            {"mptcp_tunnel_cpe_prefixes": ["192.168.11.1/24"]},
+            "bad entries: 192.168.11.1/24",
+        ),
+    ],
+    ids=["overlapping-prefixes", "unknown-bgw", "missing-interface", "host-bits"],
+)
+def test_preflight_fails_early_and_clearly(tmp_path, limit, extra, message):
+    """Broken inventories stop in preflight with one clear message, before anything changes."""
+    inventory = molecule_inventory_without(tmp_path)
+    config = BGW.file("/etc/mptcp-tunnel/config.yaml").content_string
+    play = run_site(inventory, "--limit", limit, "-e", json.dumps(extra), expect_rc=2)
+    assert message in " ".join(play.stdout.split()), play.stdout[-3000:]
+    assert BGW.file("/etc/mptcp-tunnel/config.yaml").content_string == config
 
 
 def test_removing_a_cpe_from_the_inventory_removes_its_state(tmp_path):
