@@ -56,32 +56,42 @@ def test_rtt_is_twice_the_one_way_delay(lab: Lab, name: str) -> None:
     assert abs(rtt - 2 * lab.links[name].delay_ms) <= 1.0, f"{name}: RTT {rtt} ms"
 
 
+def _udp_loss(lab: Lab, reverse: bool) -> tuple[float, int]:
+    """(lost %, packets) of 8 s of 2000 datagrams/s over the fixed link."""
+    got = iperf3(
+        lab,
+        "cpe",
+        "bgw",
+        "10.1.0.2",
+        bind="10.1.0.1",
+        seconds=8,
+        omit=0,
+        udp=True,
+        bitrate="6400K",
+        length=400,
+        reverse=reverse,
+    )
+    assert got.lost_pct is not None
+    return got.lost_pct, int(got.raw["end"]["sum"]["packets"])
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["up", "down"])
 def test_loss_matches_setting(default_links: Lab, reverse: bool) -> None:
     lab = default_links
     lab.set_link("fixed", loss_pct=5.0)
-    for attempt in (1, 2):  # iperf3's own control connection crosses the lossy link too
+    seen = []
+    # one retry: iperf3's control connection crosses the lossy link too, and on a loaded
+    # machine the receiving iperf3 can overflow its socket buffer (extra, non-emulated loss)
+    for _attempt in (1, 2):
         try:
-            got = iperf3(
-                lab,
-                "cpe",
-                "bgw",
-                "10.1.0.2",
-                bind="10.1.0.1",
-                seconds=4,
-                omit=0,
-                udp=True,
-                bitrate="4M",
-                length=100,
-                reverse=reverse,
-            )
-            break
-        except LabError:
-            if attempt == 2:
-                raise
-    packets = got.raw["end"]["sum"]["packets"]
-    assert packets > 15000
-    assert got.lost_pct is not None and 4.5 <= got.lost_pct <= 5.5, f"lost {got.lost_pct} %"
+            lost, packets = _udp_loss(lab, reverse)
+        except LabError as exc:
+            seen.append(str(exc))
+            continue
+        seen.append(f"{lost:.2f} % of {packets}")
+        if packets > 12000 and 4.5 <= lost <= 5.5:
+            return
+    pytest.fail(f"5 % loss set, measured: {seen}")
 
 
 def test_runtime_change_of_rate_and_delay(default_links: Lab) -> None:
