@@ -76,9 +76,9 @@ def run_demo(lab: Lab, seconds: int = 10, output: str | None = None) -> int:
         print("demo: bringing the lab up (4 namespaces, shaped links, agents) ...", flush=True)
         lab.up(agents=True)
         rtt = {
-            "fixed": median_rtt(lab, "cpe", "10.1.0.2"),
-            "cellular": median_rtt(lab, "cpe", "10.2.0.2"),
-            "tunnel": median_rtt(lab, "client", topology.address("server", "eth0")),
+            "fixed": round(median_rtt(lab, "cpe", "10.1.0.2"), 2),
+            "cellular": round(median_rtt(lab, "cpe", "10.2.0.2"), 2),
+            "tunnel": round(median_rtt(lab, "client", topology.address("server", "eth0")), 2),
         }
         attempts = []
         for attempt in (1, 2):
