@@ -24,6 +24,8 @@ Python API (root required)::
     lab.cut("fixed"); lab.restore("fixed")                  # 100 % drop both ways / back
     lab.link_bytes("cellular")       # {"up": cpe->bgw tx bytes, "down": bgw->cpe tx bytes}
     lab.start_agents(); lab.stop_agent("bgw"); lab.restart_agent("bgw"); lab.agent_alive("cpe")
+    cfg = lab.agent_config("cpe"); cfg["cpe"]["policy"] = "backup"
+    lab.stop_agent("cpe"); lab.start_agent("cpe", cfg)      # run an agent with another config
     lab.metrics("bgw")               # {'mptcp_tunnel_session_up{cpe="cpe1"}': 1.0, ...}
     lab.wait_tunnel(timeout=30)
     lab.down(); lab.leftovers()      # everything gone -> []
