@@ -15,7 +15,7 @@ APT_STAMP := $(VENV)/.apt-installed
 PIP_STAMP := $(VENV)/.pip-installed
 PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
 
-.PHONY: setup demo test lint unit lab-test molecule bench bench-quick lab-up lab-down clean
+.PHONY: setup demo demo-netns test lint unit lab-test molecule bench bench-quick lab-up lab-down clean
 
 setup: $(PIP_STAMP)
 
@@ -50,7 +50,12 @@ molecule: setup
 
 test: lint unit lab-test molecule
 
+# The main job: podman lab fleet deployed with `ansible-playbook -i inventory/lab site.yml`, measured.
 demo: setup
+	$(PY) -m mtlab demo --fleet
+
+# The same measurement on the netns lab (agents started directly, no Ansible): faster.
+demo-netns: setup
 	$(PY) -m mtlab demo
 
 lab-up: setup

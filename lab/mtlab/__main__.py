@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="lab up, measure fixed/cellular/tunnel, lab down")
     demo.add_argument("--seconds", type=int, default=10, help="measured seconds per test")
     demo.add_argument("--output", default=None, help="JSON result file (default: repo root)")
+    demo.add_argument(
+        "--fleet",
+        action="store_true",
+        help="measure the Ansible-deployed podman lab fleet instead of the netns lab",
+    )
     st = sub.add_parser("set", help="change an access link at runtime")
     st.add_argument("link", choices=["fixed", "cellular"])
     st.add_argument("--rate-mbit", type=float)
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.restore:
                 lab.restore(args.link)
             print(json.dumps({args.link: vars(p)}))
+        elif args.cmd == "demo" and args.fleet:
+            from .fleet_demo import run_fleet_demo
+
+            return run_fleet_demo(seconds=args.seconds, output=args.output)
         elif args.cmd == "demo":
             from .demo import run_demo
 

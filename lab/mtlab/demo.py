@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,31 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def run_demo(lab: Lab, seconds: int = 10, output: str | None = None) -> int:
+    """The demo on the netns lab."""
+    return measure_demo(
+        lab,
+        "the lab (4 namespaces, shaped links, agents)",
+        bring_up=lambda: lab.up(agents=True),
+        tear_down=lab.down,
+        seconds=seconds,
+        output=output,
+    )
+
+
+def measure_demo(
+    lab: Lab,
+    what: str,
+    bring_up: Callable[[], None],
+    tear_down: Callable[[], None],
+    seconds: int = 10,
+    output: str | None = None,
+) -> int:
+    """Bring ``what`` up, measure through ``lab``'s namespace names, always tear it down."""
     out = Path(output) if output else REPO / "demo-result.json"
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        print("demo: bringing the lab up (4 namespaces, shaped links, agents) ...", flush=True)
-        lab.up(agents=True)
+        print(f"demo: bringing up {what} ...", flush=True)
+        bring_up()
         rtt = {
             "fixed": round(median_rtt(lab, "cpe", "10.1.0.2"), 2),
             "cellular": round(median_rtt(lab, "cpe", "10.2.0.2"), 2),
@@ -95,6 +116,7 @@ def run_demo(lab: Lab, seconds: int = 10, output: str | None = None) -> int:
             "warmup_s": WARMUP_S,
             "rtt_ms": rtt,
             "links": {k: vars(v) for k, v in lab.links.items()},
+            "deployed": what,
             "delay_mode": lab.delay_mode,
             "kernel": platform.release(),
             "started": started,
@@ -104,8 +126,8 @@ def run_demo(lab: Lab, seconds: int = 10, output: str | None = None) -> int:
         print(f"demo: failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        lab.down()
+        tear_down()
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(result))
-    print(f"demo: wrote {out}; lab removed")
+    print(f"demo: wrote {out}; {what.split(' (')[0]} removed")
     return 0 if result["ok"] else 1
