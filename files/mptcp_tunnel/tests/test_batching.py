@@ -1,6 +1,6 @@
 import pytest
 
-from mptcp_tunnel.batching import Batcher
+from mptcp_tunnel.batching import Batcher, after_short_send
 
 
 def test_lone_packet_goes_out_as_soon_as_the_tun_is_empty() -> None:
@@ -45,3 +45,19 @@ def test_zero_timeout_sends_every_packet_alone() -> None:
 def test_invalid_limits_are_refused(args: tuple[int, float, int]) -> None:
     with pytest.raises(ValueError):
         Batcher(*args)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "sent", "expected"),
+    [
+        ([100, 200, 300], 600, (None, 0, 3)),  # all sent
+        ([100, 200, 300], 0, (None, 0, 0)),  # nothing taken: drop all
+        ([100, 200, 300], 100, (None, 0, 1)),  # on a packet boundary
+        ([100, 200, 300], 150, (1, 50, 2)),  # packet 1 cut: finish it, drop packet 2
+        ([100, 200, 300], 599, (2, 299, 3)),  # last packet cut at its last byte
+    ],
+)
+def test_after_short_send_finishes_the_cut_packet_and_drops_the_rest(
+    lengths: list[int], sent: int, expected: tuple[int | None, int, int]
+) -> None:
+    assert after_short_send(lengths, sent) == expected

@@ -39,3 +39,21 @@ class Batcher:
     def flushed(self) -> None:
         self.bytes = 0
         self.packets = 0
+
+
+def after_short_send(lengths: list[int], sent: int) -> tuple[int | None, int, int]:
+    """A non-blocking send took only ``sent`` bytes of a batch of packets of ``lengths``.
+
+    The stream must stay whole, so a packet the kernel took part of is finished; the packets behind
+    it are dropped (tail drop, like a router whose queue is full). Returns ``(cut, offset,
+    first_dropped)``: packet ``cut`` (None if no packet was cut) must still be sent from ``offset``;
+    packets from ``first_dropped`` on are dropped.
+    """
+    start = 0
+    for i, n in enumerate(lengths):
+        if sent < start + n:
+            if sent > start:
+                return i, sent - start, i + 1
+            return None, 0, i
+        start += n
+    return None, 0, len(lengths)

@@ -38,6 +38,7 @@ class TunnelSettings:
     max_frame_bytes: int = 65535
     keepalive_s: float = 10.0
     congestion_control: str = ""  # "" = the host's default
+    queue_bytes: int = 131072  # unsent data the tunnel may hold; 0 = unbounded (blocking sends)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         max_frame_bytes=sec.integer("max_frame_bytes", 65535, 1280, 65535),
         keepalive_s=sec.number("keepalive_s", 10.0, 0.5, 3600.0),
         congestion_control=sec.string("congestion_control", ""),
+        queue_bytes=sec.integer("queue_bytes", 131072, 0, 64 * 1024 * 1024),
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:

@@ -49,6 +49,12 @@ SPOOFED_DROPS = Counter(
     ["cpe"],
     registry=REGISTRY,
 )
+QUEUE_DROPS = Counter(
+    "mptcp_tunnel_queue_drops",
+    "Packets dropped because the tunnel's queue was full",
+    ["cpe"],
+    registry=REGISTRY,
+)
 TUN_WRITE_ERRORS = Counter(
     "mptcp_tunnel_tun_write_errors", "Packets the TUN device refused", ["cpe"], registry=REGISTRY
 )

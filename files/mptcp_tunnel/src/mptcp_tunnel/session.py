@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from mptcp_tunnel import metrics
-from mptcp_tunnel.batching import Batcher
+from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, StreamParser, encode_control
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
@@ -28,6 +28,7 @@ log = logging.getLogger("mptcp_tunnel.session")
 
 DEAD_AFTER_KEEPALIVES = 3
 MAX_BATCH_PACKETS = 64
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
 class Session:
@@ -58,6 +59,9 @@ class Session:
         timeout = struct.pack("ll", int(tunnel.keepalive_s), int(tunnel.keepalive_s % 1 * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tunnel.queue_bytes:  # bound the unsent data in the socket: the tunnel's queue
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, tunnel.queue_bytes)
+        self._queue_drops = metrics.QUEUE_DROPS.labels(cpe_id)
 
     def start(self) -> None:
         metrics.SESSION_UP.labels(self.cpe_id).set(1)
@@ -136,7 +140,7 @@ class Session:
             if wake in ready:
                 return
             if not ready:  # idle: tell the peer we are alive
-                if not self._send([memoryview(keepalive)]):
+                if self._send([memoryview(keepalive)]) is None:
                     return
                 continue
             while True:
@@ -151,26 +155,45 @@ class Session:
                     return
 
     def _flush(self, out: list[memoryview], batch: Batcher, counters: tuple[Any, Any, Any]) -> bool:
-        if not self._send(out):
+        result = self._send(out)
+        if result is None:
             return False
+        dropped, dropped_bytes = result
         packets, nbytes, batches = counters
-        packets.inc(batch.packets)
-        nbytes.inc(batch.bytes)
+        packets.inc(batch.packets - dropped)
+        nbytes.inc(batch.bytes - dropped_bytes)
         batches.inc()
+        if dropped:
+            self._queue_drops.inc(dropped)
         out.clear()
         batch.flushed()
         return True
 
-    def _send(self, views: list[memoryview]) -> bool:
+    def _send(self, views: list[memoryview]) -> tuple[int, int] | None:
+        """Send a batch; returns (packets, bytes) dropped because the queue is full, None on error.
+
+        With a queue limit the send does not block: a full socket drops packets here, where the
+        inner TCP sees the loss, instead of queueing them for seconds in the socket or the TUN.
+        """
+        flags = socket.MSG_DONTWAIT if self.tunnel.queue_bytes else 0
         try:
-            sent = self.sock.sendmsg(views)
-            total = sum(len(v) for v in views)
-            if sent < total:  # interrupted mid-batch: push the rest out in order
+            try:
+                sent = self.sock.sendmsg(views, (), flags)
+            except BlockingIOError:
+                sent = 0
+            lengths = [len(v) for v in views]
+            if sent == sum(lengths):
+                return 0, 0
+            if not flags:  # a blocking send interrupted mid-batch: push the rest out in order
                 self.sock.sendall(b"".join(views)[sent:])
+                return 0, 0
+            cut, offset, first_dropped = after_short_send(lengths, sent)
+            if cut is not None:
+                self.sock.sendall(views[cut][offset:])  # the stream must stay whole
+            return len(views) - first_dropped, sum(lengths[first_dropped:])
         except OSError as exc:
             self.close(f"send_error: {exc.strerror or exc}")
-            return False
-        return True
+            return None
 
     def _stop(self) -> None:
         """Tunnel -> TUN: split the stream into packets by their IP header length."""
