@@ -35,6 +35,7 @@ def test_sysctls(h):
     assert h.sysctl("net.ipv4.ip_forward") == 1
     assert h.sysctl("net.ipv6.conf.all.forwarding") == 1
     assert h.sysctl("net.mptcp.stale_loss_cnt") == 4
+    assert h.sysctl("net.ipv4.tcp_slow_start_after_idle") == 0
     assert h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").contains("^net.mptcp.enabled=1")
     # only net.* keys: anything else would change the container's host
     for line in h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").content_string.splitlines():
