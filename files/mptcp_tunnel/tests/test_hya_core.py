@@ -280,12 +280,31 @@ def test_receiver_counts_garbage_and_resets_on_new_epoch() -> None:
     rx = HyaReceiver(ooo_timeout=0.010, inseq_timeout=0.0)
     assert rx.receive(b"junk", 0.0) is None
     assert rx.errors == {"short": 1}
-    rx.receive(encode(FrameType.DATA, 1, 100, b"a"), 0.0)
-    rx.receive(encode(FrameType.DATA, 1, 102, b"c"), 0.0)  # hole at 101
+    rx.receive(encode(FrameType.DATA, 1, 100000, b"a"), 0.0)  # joined mid-stream
+    rx.receive(encode(FrameType.DATA, 1, 100002, b"c"), 0.0)  # hole at 100001
     assert rx.poll(0.0) == [b"a"]
     rx.receive(encode(FrameType.DATA, 2, 0, b"new"), 0.001)  # peer restarted
     assert rx.poll(0.001) == [b"new"]
     assert rx.epoch_changes == 1 and rx.buffer.held == 0
+
+
+def test_epoch_start_waits_for_packets_still_on_the_slower_link() -> None:
+    # 2:1 scheduling puts 0 and 1 on one link and 2 on the other; 2 may arrive first.
+    rx = HyaReceiver(ooo_timeout=0.010, inseq_timeout=0.0)
+    rx.receive(encode(FrameType.DATA, 7, 2, b"2"), 0.0)
+    assert rx.poll(0.0) == []
+    rx.receive(encode(FrameType.DATA, 7, 0, b"0"), 0.001)
+    rx.receive(encode(FrameType.DATA, 7, 1, b"1"), 0.001)
+    assert rx.poll(0.001) == [b"0", b"1", b"2"]
+    assert rx.buffer.stats.late == 0 and rx.buffer.stats.lost == 0
+
+
+def test_epoch_start_gives_up_on_missing_first_packets_after_ooo_timeout() -> None:
+    rx = HyaReceiver(ooo_timeout=0.010, inseq_timeout=0.0)
+    rx.receive(encode(FrameType.DATA, 7, 3, b"3"), 0.0)
+    assert rx.poll(0.009) == []
+    assert rx.poll(0.010) == [b"3"]
+    assert rx.buffer.stats.lost == 3
 
 
 def test_receiver_extends_sequence_across_wrap() -> None:

@@ -343,7 +343,13 @@ class HyaReceiver:
             self.buffer.reset()
             self.epoch = frame.epoch
         if frame.kind == FrameType.DATA:
-            self.buffer.push(self.buffer.extend(frame.seq), frame.payload, now)
+            seq = self.buffer.extend(frame.seq)
+            if self.buffer.expected is None and seq < self.buffer.max_held:
+                # A sender numbers each epoch from 0, so a small first number means the
+                # packets below it are still in flight on the other link: wait for them
+                # (at most ooo_timeout) rather than deliver them late and out of order.
+                self.buffer.expected = 0
+            self.buffer.push(seq, frame.payload, now)
         return frame.kind
 
     def poll(self, now: float, flush: bool = False) -> list[bytes]:
