@@ -155,12 +155,17 @@ def handler_changed(play_output: str, handler: str) -> bool:
     return False
 
 
-def molecule_inventory_without(tmp: Path, *hosts: str) -> Path:
-    """A copy of this scenario's Molecule inventory with `hosts` removed from every group."""
+def molecule_inventory() -> Path:
+    """This scenario's Molecule inventory (the one converge used)."""
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if not eph:
         pytest.skip("needs Molecule's inventory (run through `molecule verify`)")
-    src = Path(eph) / "inventory"
+    return Path(eph) / "inventory"
+
+
+def molecule_inventory_without(tmp: Path, *hosts: str) -> Path:
+    """A copy of this scenario's Molecule inventory with `hosts` removed from every group."""
+    src = molecule_inventory()
     dst = tmp / "inventory"
     shutil.copytree(src, dst, symlinks=True)
     inv_file = dst / "ansible_inventory.yml"

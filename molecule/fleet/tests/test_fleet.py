@@ -15,12 +15,14 @@ from mtcheck import (
     ipj,
     metric,
     metrics,
+    molecule_inventory,
     molecule_inventory_without,
     ok,
     peer_address_seen,
     run_site,
     start_unit,
     stop_unit,
+    tx_bytes,
     wait_ping,
 )
 
@@ -51,10 +53,31 @@ def test_every_client_reaches_the_server(n):
     assert ipaddress.ip_address(seen6) == ipaddress.ip_address(f"fd00:{10 + n}::2")
 
 
+def _bulk_from_client1_while_others_ping() -> float:
+    """Mbit/s of a TCP flow from client 1 while clients 2 and 3 ping the server."""
+    sent0 = {dev: tx_bytes(CPES[1], dev) for dev in ("wan_fixed", "wan_cell")}
+    for n in (2, 3):
+        start_unit(CLIENTS[n], "mt-ping", f"ping -c 40 -i 0.2 -W 2 {SERVER4}")
+    try:
+        # -O 1: the first second (slow start, second subflow joining) is not counted
+        result = iperf3(CLIENTS[1], SERVER, SERVER4, args="-O 1", seconds=5)
+    finally:
+        for n in (2, 3):
+            stop_unit(CLIENTS[n], "mt-ping")
+    mbps = result["end"]["sum_received"]["bits_per_second"] / 1e6
+    sent = {dev: (tx_bytes(CPES[1], dev) - b) / 1e6 for dev, b in sent0.items()}
+    subflows = metric(metrics(CPES[1]), "mptcp_tunnel_subflows")
+    print(f"client1 TCP {mbps:.1f} Mbit/s; cpe1 sent (MB) {sent}; subflows {subflows:.0f}")
+    return float(mbps)
+
+
 def test_clients_in_parallel():
-    # TCP from client 1 while clients 2 and 3 ping: sessions are independent
-    result = iperf3(CLIENTS[1], SERVER, SERVER4, seconds=3)
-    assert result["end"]["sum_received"]["bits_per_second"] > 5e6
+    """Sessions are independent: one CPE's bulk flow aggregates while other CPEs' clients ping."""
+    mbps = _bulk_from_client1_while_others_ping()
+    if mbps <= 10.0:  # one retry: a busy 2-core CI machine can starve a 5 s run
+        mbps = _bulk_from_client1_while_others_ping()
+    # more than the fixed link alone carries (10 Mbit/s shaped): both of cpe1's links are used
+    assert mbps > 10.0
     for n in (2, 3):
         ok(CLIENTS[n], f"ping -c 3 -i 0.2 -W 2 {SERVER4}")
 
@@ -175,3 +198,17 @@ def test_removing_a_cpe_from_the_inventory_removes_its_state(tmp_path):
     assert BGW.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip() == pid_before
     for n in (1, 2):
         assert metric(metrics(CPES[n]), "mptcp_tunnel_reconnects_total") == reconnects[n]
+
+
+def test_adding_the_cpe_back_is_one_inventory_entry():
+    """After the removal above: cpe3 back in the inventory, the next BGW run serves it again.
+
+    cpe3's agent kept retrying with backoff all along; nothing is done on the CPE. This also
+    leaves the fleet as converge made it, so `molecule verify` can be run again.
+    """
+    play = run_site(molecule_inventory(), "--limit", "bgw")
+    assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
+    assert "cpe3" in BGW.file("/etc/mptcp-tunnel/config.yaml").content_string
+    wait_ping(CLIENTS[3], SERVER4, within_s=90)  # the CPE's backoff may be at its maximum
+    assert peer_address_seen(CLIENTS[3], SERVER, SERVER4) == "192.168.13.2"
+    assert metric(metrics(BGW), "mptcp_tunnel_session_up", cpe="cpe3") == 1
