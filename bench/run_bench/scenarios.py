@@ -490,17 +490,7 @@ def latency(
                 f"latency {contender} idle: p50 {percentile(idle, 50)} ms,"
                 f" p99 {percentile(idle, 99)} ms"
             )
-            seconds = int(s.latency_pings * interval) + 6
-            box: dict[str, Any] = {}
-            thread = threading.Thread(
-                target=_bulk_download, args=(lab, contender, seconds, box, s.inner_cc)
-            )
-            thread.start()
-            try:
-                threading.Event().wait(3)  # let the transfer fill the queues
-                loaded = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=interval)
-            finally:
-                thread.join(seconds + 60)
+            loaded, box = ping_during_bulk(lab, contender, s.latency_pings, interval, s.inner_cc)
             runs = [box["mbps"]] if "mbps" in box else []
             res.add_point(
                 contender,
@@ -523,7 +513,24 @@ def latency(
     return res
 
 
-def _bulk_download(lab: Lab, contender: str, seconds: int, box: dict[str, Any], cc: str) -> None:
+def ping_during_bulk(
+    lab: Lab, label: str, pings: int, interval: float, cc: str, download: bool = True
+) -> tuple[list[float], dict[str, Any]]:
+    """Ping client -> server while one bulk TCP flow runs (server -> client unless not
+    ``download``). Returns the RTTs (ms) and ``{"mbps": ...}`` or ``{"error": ...}``."""
+    seconds = int(pings * interval) + 6
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=_bulk, args=(lab, label, seconds, box, cc, download))
+    thread.start()
+    try:
+        threading.Event().wait(3)  # let the transfer fill the queues
+        rtts = ping_rtts(lab, "client", SERVER, count=pings, interval=interval)
+    finally:
+        thread.join(seconds + 60)
+    return rtts, box
+
+
+def _bulk(lab: Lab, label: str, seconds: int, box: dict[str, Any], cc: str, download: bool) -> None:
     try:
         r = iperf3(
             lab,
@@ -532,13 +539,13 @@ def _bulk_download(lab: Lab, contender: str, seconds: int, box: dict[str, Any], 
             SERVER,
             seconds=seconds,
             omit=0,
-            reverse=True,
+            reverse=download,
             extra=["-C", cc],
         )
         box["mbps"] = round(r.mbps, 3)
     except LabError as exc:
         box["error"] = str(exc)
-        warn(f"latency bulk transfer ({contender}): {exc}")
+        warn(f"bulk transfer during pings ({label}): {exc}")
 
 
 RUNNERS: dict[str, Runner] = {
