@@ -19,7 +19,7 @@ from mtcheck import (
     ok,
     peer_address_seen,
     run_site,
-    tx_bytes,
+    tcp_upload,
     wait_ping,
 )
 
@@ -116,24 +116,9 @@ def test_server_sees_client_addresses():
     assert ipaddress.ip_address(seen6) == ipaddress.ip_address(CLIENT6)
 
 
-def _tcp_upload() -> tuple[float, float, float]:
-    """Mbit/s of one TCP flow client -> server, and the MB the CPE sent on each link meanwhile."""
-    fixed0, cell0 = tx_bytes(CPE, "wan_fixed"), tx_bytes(CPE, "wan_cell")
-    # -O 1: the first second (slow start, the second subflow joining) is not counted
-    result = iperf3(CLIENT, SERVER, SERVER4, args="-O 1", seconds=6)
-    mbps = result["end"]["sum_received"]["bits_per_second"] / 1e6
-    fixed = (tx_bytes(CPE, "wan_fixed") - fixed0) / 1e6
-    cell = (tx_bytes(CPE, "wan_cell") - cell0) / 1e6
-    print(
-        f"iperf3 TCP {mbps:.1f} Mbit/s; CPE sent {fixed:.1f} MB on fixed, {cell:.1f} MB on cellular"
-    )
-    return mbps, fixed, cell
-
-
 def test_tcp_iperf3_uses_both_subflows():
-    mbps, fixed, cell = _tcp_upload()
-    if mbps <= 10.0:  # one retry: a busy 2-core CI machine can starve a 6 s run
-        mbps, fixed, cell = _tcp_upload()
+    mbps, sent = tcp_upload(CLIENT, SERVER, SERVER4, CPE, floor_mbps=10.0)
+    fixed, cell = sent["wan_fixed"], sent["wan_cell"]
     assert fixed > 1.0 and cell > 1.0, "both subflows must carry data"
     # more than the fixed link alone can carry (10 Mbit/s shaped, ~9.6 usable)
     assert mbps > 10.0
