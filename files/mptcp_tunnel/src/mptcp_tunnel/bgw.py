@@ -1,55 +1,108 @@
-"""BGW role: accept one authenticated MPTCP session per CPE; one TUN device per configured CPE."""
+"""BGW control process: configuration, TUN devices and routes, admission, "one session per CPE".
+
+It never touches a data byte. Authenticated connections are handed, with a duplicate of the CPE's TUN
+fd, to a worker process (``engine.worker``) chosen by the CPE id, so one CPE always lands on the same
+worker and a reconnect replaces the old session inside that worker's loop. Everything here runs in one
+event loop: the listener, every pending handshake (one deadline for the whole exchange), the worker
+channels, signals, the watchdog and reloads.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
-import threading
-from dataclasses import dataclass
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
 
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload
-from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, read_message
+from mptcp_tunnel.engine import channel
+from mptcp_tunnel.engine.loop import IN, EventLoop
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, set_congestion_control
 from mptcp_tunnel.runtime import Runtime
-from mptcp_tunnel.session import Session
-from mptcp_tunnel.srcfilter import SourceFilter
-from mptcp_tunnel.tun import open_tun, sync_routes
+from mptcp_tunnel.tun import TunError, add_routes, delete_group, delete_link, offload_supported, open_tun
+from mptcp_tunnel.tun import remove_routes as remove_tun_routes
 
 log = logging.getLogger("mptcp_tunnel.bgw")
 
-MAX_PENDING_HANDSHAKES = 64  # beyond this, new connections are closed at once (flood guard)
+HANDSHAKE_TIMEOUT_S = 10.0  # for the whole exchange, not per read
+MAX_PENDING_HANDSHAKES = 4096  # beyond this, new connections are closed at once (flood guard)
+ACCEPT_BUDGET = 128  # accepts per loop turn
+ACCEPT_PAUSE_S = 0.2  # after EMFILE and friends: let sessions and handshakes free fds first
+WORKER_STOP_S = 5.0
+PROGRESS_EVERY = 250  # long loops (TUN setup/teardown) tell systemd they are alive this often
 
 
 def tun_name(cpe_id: str) -> str:
     return f"mt-{cpe_id}"
 
 
+def tun_group(port: int) -> int:
+    """The netdev group of this agent's TUN devices: one request deletes them all at stop."""
+    return 0x4D540000 | port
+
+
 @dataclass
 class CpeSlot:
     entry: CpeEntry
     tun_fd: int
-    source_filter: SourceFilter
-    session: Session | None = None
+    index: int
+    worker: int
+    generation: int = 0
+    up: bool = False
+
+
+@dataclass
+class Pending:
+    conn: socket.socket
+    peer: str
+    deadline: float
+    machine: hs.ServerHandshake
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    chan: socket.socket | None = None
+    restarts: int = 0
+    cpes: set[str] = field(default_factory=set)
 
 
 class BgwAgent:
     def __init__(self, cfg: AgentConfig, runtime: Runtime) -> None:
+        assert cfg.bgw is not None
         self.cfg = cfg
         self.rt = runtime
+        self.loop = EventLoop()
+        self.ipr = IPRoute()
         self.slots: dict[str, CpeSlot] = {}
-        self.lock = threading.Lock()
-        self.handshake_slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self.pending: dict[int, Pending] = {}
+        self.nworkers = cfg.tunnel.workers or os.cpu_count() or 1
+        self.workers = [WorkerHandle(i) for i in range(self.nworkers)]
+        self.group = tun_group(cfg.tunnel.port)
+        self.listener: socket.socket | None = None
+        self.offload = cfg.tunnel.offload != "off" and offload_supported()
+        self._last_accept_log = 0.0
         runtime.on_reload = self.reload
 
+    # --- main --------------------------------------------------------------------------------------
     def run(self) -> int:
         assert self.cfg.bgw is not None
         netsetup.apply_logged(self.cfg)
         listen = self.cfg.bgw.listen_address
         listener = mptcp_socket(socket.AF_INET if listen.version == 4 else socket.AF_INET6)
+        self.listener = listener
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             set_congestion_control(listener, self.cfg.tunnel.congestion_control)  # inherited on accept
@@ -58,166 +111,425 @@ class BgwAgent:
             except OSError as exc:
                 log.error("cannot listen on %s port %d: %s", listen, self.cfg.tunnel.port, exc.strerror)
                 return exitcodes.RUNTIME_ERROR
-            listener.listen(128)
-            listener.settimeout(1.0)
+            if self.cfg.tunnel.offload == "on" and not self.offload:
+                log.error("tunnel.offload is on but this kernel's TUN driver refuses offload")
+                return exitcodes.RUNTIME_ERROR
+            delete_group(self.group, self.ipr)  # leftovers of a process that was killed
             self._sync_slots(self.cfg.bgw.cpes)
+            for handle in self.workers:
+                self._spawn(handle)
+            listener.listen(4096)
+            listener.setblocking(False)
+            self.loop.wake_on_signals()
+            self.loop.register(listener.fileno(), IN, self._on_listener)
+            self.loop.call_every(0.5, self._tick)
             sdnotify.notify("READY=1")
             log.info(
-                "BGW listening on %s port %d for %d CPE(s)",
+                "BGW listening on %s port %d for %d CPE(s), %d worker(s), offload %s",
                 listen,
                 self.cfg.tunnel.port,
                 len(self.slots),
+                self.nworkers,
+                "offered" if self.offload else "off",
             )
-            while not self.rt.stop.is_set():
-                self.rt.tick()
-                self._poll_sessions()
-                try:
-                    conn, peer = listener.accept()
-                except TimeoutError:
-                    continue
-                if not self.handshake_slots.acquire(blocking=False):
-                    metrics.HANDSHAKE_FAILURES.labels("too_many_pending").inc()
-                    conn.close()
-                    continue
-                threading.Thread(
-                    target=self._admit_guarded, args=(conn, peer[0]), daemon=True, name=f"admit-{peer[0]}"
-                ).start()
+            self.loop.run(self.rt.stop.is_set)
         finally:
-            listener.close()
-            self._sync_slots(())
+            self._shutdown()
         log.info("stopped")
         return exitcodes.OK
 
-    def _poll_sessions(self) -> None:
-        with self.lock:
-            slots = list(self.slots.values())
-        for slot in slots:
-            session = slot.session
-            if session is None:
+    def _tick(self) -> None:
+        self.rt.tick()
+        now = time.monotonic()
+        for fd, pending in list(self.pending.items()):
+            if now >= pending.deadline:
+                metrics.HANDSHAKE_FAILURES.labels("timeout").inc()
+                log.warning("handshake with %s timed out", pending.peer)
+                self._drop_pending(fd)
+        for handle in self.workers:
+            if handle.proc is not None and handle.proc.poll() is not None:
+                self._worker_died(handle)
+
+    def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        if self.listener is not None:
+            self.loop.unregister(self.listener.fileno())
+            self.listener.close()
+        for fd in list(self.pending):
+            self._drop_pending(fd)
+        for handle in self.workers:
+            if handle.chan is not None:
+                with contextlib.suppress(OSError):
+                    channel.send(handle.chan, {"op": "stop"})
+        deadline = time.monotonic() + WORKER_STOP_S
+        for handle in self.workers:
+            if handle.proc is None:
                 continue
-            session.poll_info()
-            if session.ended.is_set():
-                log.warning("CPE %s: session ended: %s", slot.entry.id, session.reason)
-                session.join()
-                with self.lock:
-                    if slot.session is session:
-                        slot.session = None
+            try:
+                handle.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                handle.proc.kill()
+                handle.proc.wait()
+            if handle.chan is not None:
+                self._drain_worker(handle)
+                handle.chan.close()
+        # Devices first, in one batch; then the fds are cheap to close.
+        delete_group(self.group, self.ipr)
+        for slot in self.slots.values():
+            os.close(slot.tun_fd)
+            metrics.SESSION_UP.labels(slot.entry.id).set(0)
+        self.slots.clear()
+        self.ipr.close()
+        self.loop.close()
 
-    def _admit_guarded(self, conn: socket.socket, peer: str) -> None:
-        try:
-            self._admit(conn, peer)
-        except Exception:  # a bug must cost one connection, never the listener
-            log.exception("internal error while admitting %s", peer)
-            conn.close()
-        finally:
-            self.handshake_slots.release()
+    # --- workers -----------------------------------------------------------------------------------
+    def _spawn(self, handle: WorkerHandle) -> None:
+        ours, theirs = channel.pair()
+        cmd = [
+            sys.executable,
+            "-m",
+            "mptcp_tunnel",
+            "worker",
+            "--channel-fd",
+            str(theirs.fileno()),
+            "--index",
+            str(handle.index),
+            "--log-level",
+            self.cfg.log_level,
+        ]
+        handle.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()])
+        theirs.close()
+        handle.chan = ours
+        ours.setblocking(False)
+        channel.send(ours, {"op": "settings", "tunnel": self._tunnel_dict()})
+        self.loop.register(ours.fileno(), IN, lambda _e: self._on_worker(handle))
 
-    def _admit(self, conn: socket.socket, peer: str) -> None:
-        """Handshake with a new connection; on success it becomes the CPE's session."""
+    def _tunnel_dict(self) -> dict[str, Any]:
+        t = self.cfg.tunnel
+        return {k: getattr(t, k) for k in t.__dataclass_fields__}
+
+    def _worker_died(self, handle: WorkerHandle) -> None:
+        if handle.proc is None:
+            return
+        code = handle.proc.wait()
+        if handle.chan is not None:
+            self._drain_worker(handle)
+            self.loop.unregister(handle.chan.fileno())
+            handle.chan.close()
+            handle.chan = None
+        handle.proc = None
+        lost = sorted(handle.cpes)
+        for cpe_id in lost:
+            slot = self.slots.get(cpe_id)
+            if slot is not None and slot.up:
+                self._session_down(slot, "worker_died: its worker process exited")
+        handle.cpes.clear()
+        if self.rt.stop.is_set():
+            return
+        metrics.WORKER_RESTARTS.inc()
+        handle.restarts += 1
+        delay = min(30.0, 0.5 * 2 ** min(handle.restarts - 1, 6))
+        log.error(
+            "worker %d exited (code %s); %d session(s) lost; restarting it in %.1f s",
+            handle.index,
+            code,
+            len(lost),
+            delay,
+        )
+        self.loop.call_later(delay, lambda: self._respawn(handle))
+
+    def _respawn(self, handle: WorkerHandle) -> None:
+        if handle.proc is None and not self.rt.stop.is_set():
+            self._spawn(handle)
+            log.info("worker %d restarted", handle.index)
+
+    def _on_worker(self, handle: WorkerHandle) -> None:
+        if handle.chan is None:
+            return
+        for _ in range(256):
+            try:
+                got = channel.receive(handle.chan)
+            except BlockingIOError:
+                return
+            except OSError:
+                got = None
+            if got is None:
+                self._worker_died(handle)
+                return
+            message, fds = got
+            for fd in fds:  # workers never send fds; never keep what we did not ask for
+                os.close(fd)
+            self._worker_message(handle, message)
+
+    def _drain_worker(self, handle: WorkerHandle) -> None:
+        """Read the last messages of a worker that stopped (its final counters)."""
+        assert handle.chan is not None
+        handle.chan.setblocking(False)
+        while True:
+            try:
+                got = channel.receive(handle.chan)
+            except (BlockingIOError, OSError):
+                return
+            if got is None:
+                return
+            self._worker_message(handle, got[0])
+
+    def _worker_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "stats":
+            for cpe_id, (deltas, subflows) in message["cpes"].items():
+                metrics.apply_session_stats(cpe_id, deltas)
+                if subflows:
+                    metrics.SUBFLOWS.labels(cpe_id).set(subflows)
+        elif op == "ended":
+            cpe_id, reason = message["cpe"], message["reason"]
+            if reason.startswith("frame_error: "):
+                metrics.FRAME_ERRORS.labels(reason.split(": ", 2)[1]).inc()
+            elif reason.startswith("fallback"):
+                metrics.FALLBACKS.inc()
+            slot = self.slots.get(cpe_id)
+            if slot is not None and slot.generation == message["gen"] and slot.up:
+                handle.cpes.discard(cpe_id)
+                self._session_down(slot, message["reason"])
+
+    def _session_down(self, slot: CpeSlot, reason: str) -> None:
+        slot.up = False
+        metrics.SESSION_UP.labels(slot.entry.id).set(0)
+        metrics.SUBFLOWS.labels(slot.entry.id).set(0)
+        metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(0)
+        metrics.SESSIONS_ENDED.labels(slot.entry.id, reason.split(":")[0]).inc()
+        log.warning("CPE %s: session ended: %s", slot.entry.id, reason)
+
+    # --- admission ---------------------------------------------------------------------------------
+    def _on_listener(self, _events: int) -> None:
+        assert self.listener is not None
+        for _ in range(ACCEPT_BUDGET):
+            try:
+                conn, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            if len(self.pending) >= MAX_PENDING_HANDSHAKES:
+                metrics.HANDSHAKE_FAILURES.labels("too_many_pending").inc()
+                conn.close()
+                continue
+            self._start_handshake(conn, str(peer[0]))
+
+    def _accept_failed(self, exc: OSError) -> None:
+        reason = errno.errorcode.get(exc.errno or 0, "error").lower()
+        metrics.ACCEPT_ERRORS.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._last_accept_log >= 5.0:
+            self._last_accept_log = now
+            log.error("accept failed: %s; pausing new connections for %.1f s", exc.strerror, ACCEPT_PAUSE_S)
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            assert self.listener is not None
+            fd = self.listener.fileno()
+            self.loop.modify(fd, 0)
+            self.loop.call_later(ACCEPT_PAUSE_S, lambda: self._resume_accept(fd))
+
+    def _resume_accept(self, fd: int) -> None:
+        if self.listener is not None and self.listener.fileno() == fd and self.loop.registered(fd):
+            self.loop.modify(fd, IN)
+
+    def _start_handshake(self, conn: socket.socket, peer: str) -> None:
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT_S)
+            conn.setblocking(False)
             try:
                 mptcp_info(conn)
             except MptcpFallback:
                 metrics.FALLBACKS.inc()
-                raise hs.HandshakeError(
-                    "fallback", "peer connected with plain TCP, MPTCP is required"
-                ) from None
-            server_nonce = hs.new_nonce()
-            conn.sendall(hs.encode_challenge(server_nonce))
-            mtype, body = read_message(conn)
-            if mtype != hs.MsgType.HELLO:
-                raise hs.HandshakeError("bad_message", f"expected HELLO, got {mtype.name}")
-            hello = hs.decode_hello(body)
-            with self.lock:
-                slot = self.slots.get(hello.cpe_id)
-            if slot is None:
-                raise hs.HandshakeError("unknown_cpe", f"no CPE {hello.cpe_id!r} is configured")
-            hs.verify_hello(hello, slot.entry.secret, server_nonce)
-            features = hs.Feature.NONE  # TUN offload is not offered yet
-            conn.sendall(hs.encode_welcome(hello, slot.entry.secret, server_nonce, features))
-            conn.settimeout(None)
-        except hs.HandshakeError as exc:
-            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
-            log.warning("refused connection from %s: %s", peer, exc)
-            self._reject(
-                conn,
-                "authentication failed" if exc.reason in ("unknown_cpe", "auth_failed") else str(exc),
-            )
-            return
+                metrics.HANDSHAKE_FAILURES.labels("fallback").inc()
+                log.warning("refused connection from %s: peer connected with plain TCP", peer)
+                self._reject(conn, "fallback: MPTCP is required")
+                return
+            machine = hs.ServerHandshake()
+            conn.send(machine.greeting())  # 24 bytes into an empty send buffer: never short
         except OSError as exc:
             metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
             log.warning("handshake with %s failed: %s", peer, exc.strerror or exc)
             conn.close()
             return
-        self._attach(slot, conn, peer)
+        fd = conn.fileno()
+        self.pending[fd] = Pending(conn, peer, time.monotonic() + HANDSHAKE_TIMEOUT_S, machine)
+        self.loop.register(fd, IN, lambda _e: self._on_handshake(fd))
 
-    def _attach(self, slot: CpeSlot, conn: socket.socket, peer: str) -> None:
-        with self.lock:
-            if self.slots.get(slot.entry.id) is not slot:  # removed by a reload meanwhile
-                conn.close()
+    def _drop_pending(self, fd: int) -> Pending | None:
+        pending = self.pending.pop(fd, None)
+        if pending is not None:
+            self.loop.unregister(fd)
+            pending.conn.close()
+        return pending
+
+    def _on_handshake(self, fd: int) -> None:
+        pending = self.pending.get(fd)
+        if pending is None:
+            return
+        try:
+            data = pending.conn.recv(hs.HEADER.size + hs.MAX_BODY)
+            if not data:
+                raise hs.HandshakeError("closed", "peer closed the connection during the handshake")
+            hello = pending.machine.receive(data)
+            if hello is None:
                 return
-            old, slot.session = slot.session, None
-        if old is not None:
-            old.close("replaced: the CPE reconnected")
-            old.join()
-        session = Session(conn, slot.tun_fd, slot.entry.id, self.cfg.tunnel, source_filter=slot.source_filter)
-        with self.lock:
-            slot.session = session
-        session.start()
-        log.info("CPE %s: session up from %s", slot.entry.id, peer)
+            slot = self.slots.get(hello.cpe_id)
+            if slot is None:
+                raise hs.HandshakeError("unknown_cpe", f"no CPE {hello.cpe_id!r} is configured")
+            hs.verify_hello(hello, slot.entry.secret, pending.machine.nonce)
+            features = hello.features & (hs.Feature.VNET_HDR if self.offload else hs.Feature.NONE)
+            welcome = hs.encode_welcome(hello, slot.entry.secret, pending.machine.nonce, features)
+            if pending.conn.send(welcome) != len(welcome):
+                raise hs.HandshakeError("io_error", "could not send WELCOME")
+        except BlockingIOError:
+            return
+        except hs.HandshakeError as exc:
+            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
+            log.warning("refused connection from %s: %s", pending.peer, exc)
+            self.loop.unregister(fd)
+            del self.pending[fd]
+            public = "authentication failed" if exc.reason in ("unknown_cpe", "auth_failed") else str(exc)
+            self._reject(pending.conn, public)
+            return
+        except OSError as exc:
+            metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
+            log.warning("handshake with %s failed: %s", pending.peer, exc.strerror or exc)
+            self._drop_pending(fd)
+            return
+        self.loop.unregister(fd)
+        del self.pending[fd]
+        self._hand_over(slot, pending, bool(features & hs.Feature.VNET_HDR))
+
+    def _hand_over(self, slot: CpeSlot, pending: Pending, vnet: bool) -> None:
+        """Give the connection and the CPE's TUN to its worker; the old session ends there, atomically."""
+        handle = self.workers[slot.worker]
+        if handle.chan is None:  # worker restarting: the CPE retries in a moment
+            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
+            pending.conn.close()
+            return
+        slot.generation += 1
+        message = {
+            "op": "attach",
+            "cpe": slot.entry.id,
+            "gen": slot.generation,
+            "vnet": vnet,
+            "prefixes": [str(p) for p in slot.entry.prefixes],
+        }
+        try:
+            channel.send(handle.chan, message, [pending.conn.fileno(), slot.tun_fd])
+        except OSError as exc:
+            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
+            log.error("cannot hand CPE %s to worker %d: %s", slot.entry.id, handle.index, exc)
+            pending.conn.close()
+            return
+        pending.conn.close()  # the worker holds the connection now
+        if slot.up:
+            metrics.SESSIONS_ENDED.labels(slot.entry.id, "replaced").inc()
+        slot.up = True
+        handle.cpes.add(slot.entry.id)
+        metrics.SESSION_UP.labels(slot.entry.id).set(1)
+        metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(1 if vnet else 0)
+        log.info(
+            "CPE %s: session up from %s (worker %d, %s)",
+            slot.entry.id,
+            pending.peer,
+            handle.index,
+            "offload" if vnet else "per-packet",
+        )
 
     @staticmethod
     def _reject(conn: socket.socket, reason: str) -> None:
         with contextlib.suppress(OSError):
-            conn.sendall(hs.encode_reject(reason))
+            conn.send(hs.encode_reject(reason), socket.MSG_DONTWAIT)
         conn.close()
 
+    # --- configuration -----------------------------------------------------------------------------
+    def _worker_of(self, cpe_id: str) -> int:
+        return zlib.crc32(cpe_id.encode()) % self.nworkers
+
+    def _progress(self, done: int, total: int, what: str) -> None:
+        if done % PROGRESS_EVERY == 0:
+            sdnotify.keepalive(f"{what} {done}/{total}")
+
     def _sync_slots(self, entries: tuple[CpeEntry, ...]) -> None:
-        """Create, update and remove per-CPE TUN devices, routes and sessions to match ``entries``."""
+        """Add, change and remove CPEs to match ``entries``, touching only those that differ."""
         wanted = {e.id: e for e in entries}
-        with self.lock:
-            removed = [s for cpe_id, s in self.slots.items() if cpe_id not in wanted]
-            for slot in removed:
-                del self.slots[slot.entry.id]
-        for slot in removed:
-            if slot.session is not None:
-                slot.session.close("cpe_removed: no longer in the configuration")
-                slot.session.join()
-            os.close(slot.tun_fd)  # the device and its routes disappear with it
-            metrics.SESSION_UP.labels(slot.entry.id).set(0)
-            log.info("CPE %s removed", slot.entry.id)
-        for entry in wanted.values():
-            with self.lock:
-                existing = self.slots.get(entry.id)
-            if existing is None:
-                fd = open_tun(tun_name(entry.id), self.cfg.tunnel.mtu)
-                slot = CpeSlot(entry, fd, SourceFilter(entry.prefixes))
-                with self.lock:
-                    self.slots[entry.id] = slot
+        removed = [slot for cpe_id, slot in self.slots.items() if cpe_id not in wanted]
+        for n, slot in enumerate(removed, 1):
+            self._remove_slot(slot)
+            self._progress(n, len(removed), "removing CPEs")
+        added = [e for e in entries if e.id not in self.slots]
+        changed = [e for e in entries if e.id in self.slots and self.slots[e.id].entry != e]
+        for n, entry in enumerate(added, 1):
+            try:
+                fd, index = open_tun(tun_name(entry.id), self.cfg.tunnel.mtu, self.group, self.ipr)
+                add_routes(index, entry.prefixes, self.ipr)
+            except (TunError, OSError) as exc:
+                log.error("CPE %s: cannot set up its TUN device or routes: %s", entry.id, exc)
+                continue
+            self.slots[entry.id] = CpeSlot(entry, fd, index, self._worker_of(entry.id))
+            self._progress(n, len(added), "adding CPEs")
+            if len(added) <= 20:
                 log.info(
                     "CPE %s configured: TUN %s, prefixes %s",
                     entry.id,
                     tun_name(entry.id),
                     ", ".join(map(str, entry.prefixes)),
                 )
-            elif existing.entry != entry:
-                slot = existing
-                slot.entry = entry
-                slot.source_filter = SourceFilter(entry.prefixes)
-                if slot.session is not None:
-                    slot.session.source_filter = slot.source_filter
-                log.info("CPE %s updated", entry.id)
-            sync_routes(tun_name(entry.id), entry.prefixes)
+        if len(added) > 20:
+            log.info("%d CPEs configured", len(added))
+        for entry in changed:
+            self._change_slot(self.slots[entry.id], entry)
+
+    def _remove_slot(self, slot: CpeSlot) -> None:
+        del self.slots[slot.entry.id]
+        if slot.up:
+            self._detach(slot, "cpe_removed: no longer in the configuration")
+        # Deleting the link stops every fd of it (the worker's too) at once; its routes go with it.
+        delete_link(slot.index, self.ipr)
+        os.close(slot.tun_fd)
+        metrics.SESSION_UP.labels(slot.entry.id).set(0)
+        log.info("CPE %s removed", slot.entry.id)
+
+    def _detach(self, slot: CpeSlot, reason: str) -> None:
+        handle = self.workers[slot.worker]
+        if handle.chan is not None:
+            with contextlib.suppress(OSError):
+                channel.send(handle.chan, {"op": "detach", "cpe": slot.entry.id, "reason": reason})
+        handle.cpes.discard(slot.entry.id)
+        self._session_down(slot, reason)
+
+    def _change_slot(self, slot: CpeSlot, entry: CpeEntry) -> None:
+        old = slot.entry
+        slot.entry = entry
+        if old.prefixes != entry.prefixes:
+            remove_tun_routes(slot.index, [p for p in old.prefixes if p not in entry.prefixes], self.ipr)
+            add_routes(slot.index, [p for p in entry.prefixes if p not in old.prefixes], self.ipr)
+            handle = self.workers[slot.worker]
+            if slot.up and handle.chan is not None:
+                prefixes = [str(p) for p in entry.prefixes]
+                channel.send(handle.chan, {"op": "prefixes", "cpe": entry.id, "prefixes": prefixes})
+        if old.secret != entry.secret and slot.up:
+            self._detach(slot, "credentials_changed: the CPE's secret was changed")
+        log.info("CPE %s updated", entry.id)
 
     def reload(self) -> None:
         assert self.cfg.bgw is not None
         new = load_for_reload(
-            self.cfg, {"tunnel.port": self.cfg.tunnel.port, "bgw.listen_address": self.cfg.bgw.listen_address}
+            self.cfg,
+            {
+                "tunnel.port": self.cfg.tunnel.port,
+                "bgw.listen_address": self.cfg.bgw.listen_address,
+                "tunnel.workers": self.cfg.tunnel.workers,
+            },
         )
         if new is None or new.bgw is None:
             return
         self.cfg = new
         netsetup.apply_logged(new)
         self._sync_slots(new.bgw.cpes)
+        for handle in self.workers:
+            if handle.chan is not None:
+                channel.send(handle.chan, {"op": "settings", "tunnel": self._tunnel_dict()})
         log.info("config reloaded: %d CPE(s)", len(self.slots))

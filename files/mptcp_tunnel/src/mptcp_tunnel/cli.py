@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--config", required=True, metavar="FILE")
     net.add_argument("--check", action="store_true", help="report what would change, change nothing")
     net.add_argument("--json", action="store_true", help="print the report as JSON")
+    # Internal: a BGW worker process, started by the BGW's control process with its channel fd.
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--channel-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
 
@@ -49,6 +54,11 @@ def _setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "worker":
+        _setup_logging(args.log_level)
+        from mptcp_tunnel.engine import worker
+
+        return worker.main(args.channel_fd, args.index)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

@@ -39,6 +39,8 @@ class TunnelSettings:
     keepalive_s: float = 10.0
     congestion_control: str = ""  # "" = the host's default
     queue_bytes: int = 131072  # unsent data the tunnel may hold; 0 = unbounded (blocking sends)
+    offload: Literal["auto", "on", "off"] = "auto"  # TUN GSO/checksum offload, negotiated per session
+    workers: int = 0  # BGW worker processes; 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,8 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         keepalive_s=sec.number("keepalive_s", 10.0, 0.5, 3600.0),
         congestion_control=sec.string("congestion_control", ""),
         queue_bytes=sec.integer("queue_bytes", 131072, 0, 64 * 1024 * 1024),
+        offload=sec.choice("offload", "auto", ("auto", "on", "off")),  # type: ignore[arg-type]
+        workers=sec.integer("workers", 0, 0, 256),
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:

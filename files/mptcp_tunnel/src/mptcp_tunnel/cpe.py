@@ -1,4 +1,8 @@
-"""CPE role: keep one authenticated MPTCP session to the BGW, reconnecting with backoff."""
+"""CPE role: keep one authenticated MPTCP session to the BGW, reconnecting with backoff.
+
+The session runs in the same engine as the BGW's (``engine.session`` in an ``engine.loop``), with one
+worker: this process. Connecting and the handshake are blocking, with timeouts; nothing else is.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
 from mptcp_tunnel.config import AgentConfig, CpeSettings, load_for_reload
+from mptcp_tunnel.engine.loop import EventLoop
+from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
@@ -20,8 +26,7 @@ from mptcp_tunnel.mptcp import (
     subflow_local_addresses,
 )
 from mptcp_tunnel.runtime import TICK_S, Runtime
-from mptcp_tunnel.session import Session
-from mptcp_tunnel.tun import open_tun, sync_routes
+from mptcp_tunnel.tun import TunError, offload_supported, open_tun, sync_routes
 
 log = logging.getLogger("mptcp_tunnel.cpe")
 
@@ -42,6 +47,10 @@ class CpeAgent:
         self.problems: frozenset[str] = frozenset()
         self.missing_subflow: dict[str, int] = {}
         self.last_reconcile = 0.0
+        self.loop = EventLoop()
+        self.buffers = Buffers(cfg.tunnel.batch_bytes)
+        self.offer = hs.Feature.NONE
+        self.ticks = 0
         runtime.on_reload = self.reload
 
     @property
@@ -51,7 +60,14 @@ class CpeAgent:
 
     def run(self) -> int:
         self.problems = netsetup.apply_logged(self.cfg)
-        tun_fd = open_tun(self.cfg.tunnel.tun_name, self.cfg.tunnel.mtu)
+        offload = self.cfg.tunnel.offload
+        if offload != "off":
+            if offload_supported():
+                self.offer = hs.Feature.VNET_HDR
+            elif offload == "on":
+                raise TunError("tunnel.offload is on but this kernel's TUN driver refuses offload")
+        tun_fd, _index = open_tun(self.cfg.tunnel.tun_name, self.cfg.tunnel.mtu)
+        self.loop.wake_on_signals()
         try:
             sync_routes(self.cfg.tunnel.tun_name, self.cpe.routes)
             sdnotify.notify("READY=1")
@@ -65,6 +81,7 @@ class CpeAgent:
             return self._loop(tun_fd)
         finally:
             os.close(tun_fd)
+            self.loop.close()
 
     def _loop(self, tun_fd: int) -> int:
         attempt = 0
@@ -75,7 +92,7 @@ class CpeAgent:
                 self.problems = netsetup.apply_logged(self.cfg, self.problems)
             attempt += 1
             try:
-                sock, link_name = self.connect()
+                sock, link_name, features = self.connect()
             except MptcpFallback as exc:
                 metrics.FALLBACKS.inc()
                 log.error("refusing to run as plain TCP: %s (is MPTCP blocked on the path?)", exc)
@@ -86,16 +103,29 @@ class CpeAgent:
                 self.rt.sleep(delay)
                 continue
             self.backoff.reset()
-            session = Session(sock, tun_fd, self.cpe.id, self.cfg.tunnel)
+            vnet = bool(features & hs.Feature.VNET_HDR)
+            session = Session(
+                self.loop,
+                self.buffers,
+                sock,
+                tun_fd,
+                self.cpe.id,
+                self.cfg.tunnel,
+                vnet=vnet,
+                source_filter=None,
+                owns_tun=False,
+                on_end=lambda _s: None,
+            )
             session.start()
-            log.info("session up via the %s link", link_name)
-            while not session.ended.wait(TICK_S):
-                session.poll_info()
-                self.rt.tick()
-                self.reconcile(session)
-                if self.rt.stop.is_set():
-                    session.close("local_stop: agent stopping")
-            session.join()
+            metrics.SESSION_UP.labels(self.cpe.id).set(1)
+            metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
+            if self.offer and not vnet:
+                log.warning("TUN offload not negotiated (the BGW does not offer it): per-packet mode")
+            log.info("session up via the %s link (%s)", link_name, "offload" if vnet else "per-packet")
+            self._run_session(session)
+            metrics.SESSION_UP.labels(self.cpe.id).set(0)
+            metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(0)
+            metrics.SESSIONS_ENDED.labels(self.cpe.id, session.reason.split(":")[0]).inc()
             if session.reason.startswith("fallback"):
                 log.error("session ended: %s", session.reason)
                 return exitcodes.FALLBACK
@@ -105,6 +135,35 @@ class CpeAgent:
                 self.rt.sleep(delay)
         log.info("stopped")
         return exitcodes.OK
+
+    def _run_session(self, session: Session) -> None:
+        """Drive the loop until the session ends or we are told to stop."""
+        self.loop.call_every(TICK_S, lambda: self._tick(session))
+        self.loop.run(lambda: session.ended or self.rt.stop.is_set())
+        if not session.ended:
+            session.end("local_stop: agent stopping")
+        self._flush_stats(session)
+        # A new loop for the next session: the old one's timers belong to the old session.
+        self.loop.close()
+        self.loop = EventLoop()
+        self.loop.wake_on_signals()
+
+    def _tick(self, session: Session) -> None:
+        if session.ended:
+            return
+        self.ticks += 1
+        session.housekeeping(time.monotonic(), check_info=True)
+        if session.ended:
+            return
+        metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)
+        self._flush_stats(session)
+        self.rt.tick()
+        self.reconcile(session)
+
+    def _flush_stats(self, session: Session) -> None:
+        deltas = session.take_deltas()
+        if deltas is not None:
+            metrics.apply_session_stats(self.cpe.id, deltas)
 
     def reconcile(self, session: Session) -> None:
         """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
@@ -132,7 +191,7 @@ class CpeAgent:
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
-    def connect(self) -> tuple[socket.socket, str]:
+    def connect(self) -> tuple[socket.socket, str, hs.Feature]:
         """Connect from each link's address in turn (primary first) and authenticate."""
         errors = []
         for link in self.cpe.links:
@@ -147,9 +206,9 @@ class CpeAgent:
                 sock.connect((str(self.cpe.bgw_address), self.cfg.tunnel.port))
                 mptcp_info(sock)  # raises MptcpFallback if MP_CAPABLE did not survive the path
                 sock.settimeout(HANDSHAKE_TIMEOUT_S)
-                client_handshake(sock, self.cpe, hs.Feature.NONE)
+                features = client_handshake(sock, self.cpe, self.offer)
                 sock.settimeout(None)
-                return sock, link.name
+                return sock, link.name, features
             except (MptcpFallback, Rejected):
                 sock.close()
                 raise

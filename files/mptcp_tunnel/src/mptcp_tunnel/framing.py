@@ -101,37 +101,55 @@ class StreamParser:
     def received(self, nbytes: int) -> list[memoryview | ControlFrame]:
         """Account for ``nbytes`` written into ``recv_buffer()``; return the complete frames."""
         self._end += nbytes
-        buf, view, v = self._buf, self._view, self.vnet_hdr_len
-        pos, end = self._start, self._end
         frames: list[memoryview | ControlFrame] = []
-        while end - pos >= v + LENGTH_PREFIX or (end - pos >= v + CONTROL_HEADER and not buf[pos + v] >> 4):
-            b = pos + v
-            version = buf[b] >> 4
-            if version == 4:
-                ihl = (buf[b] & 0x0F) * 4
-                length = (buf[b + 2] << 8) | buf[b + 3]
-                if ihl < IPV4_MIN_HEADER:
-                    raise FrameError("bad_header", f"IPv4 header length {ihl} < {IPV4_MIN_HEADER}")
-                if length < ihl:
-                    raise FrameError("short_length", f"IPv4 total length {length} < header {ihl}")
-            elif version == 6:
-                length = IPV6_HEADER + ((buf[b + 4] << 8) | buf[b + 5])
-            elif version == 0:
-                length = CONTROL_HEADER + ((buf[b + 2] << 8) | buf[b + 3])
-            else:
-                raise FrameError("bad_version", f"first nibble {version} is neither 4, 6 nor 0")
-            if length > self.max_frame_bytes:
-                raise FrameError("too_long", f"frame of {length} bytes > max {self.max_frame_bytes}")
-            if end - pos < v + length:
-                break
-            if version:
-                frames.append(view[pos : b + length])
-            elif buf[b] == 0:
-                raise FrameError("bad_control", "control type 0")
-            elif buf[b] in ControlType._value2member_map_:
-                frames.append(ControlFrame(buf[b], bytes(buf[b + CONTROL_HEADER : b + length])))
-            pos = b + length
+        pos = split_frames(self._buf, self._start, self._end, self.vnet_hdr_len, self.max_frame_bytes, frames)
         self._start = pos
-        if pos == end:
+        if pos == self._end:
             self._start = self._end = 0
         return frames
+
+
+def split_frames(
+    buf: bytearray,
+    pos: int,
+    end: int,
+    vnet_hdr_len: int,
+    max_frame_bytes: int,
+    out: list[memoryview | ControlFrame],
+) -> int:
+    """Append the complete frames in ``buf[pos:end]`` to ``out``; return where the unparsed tail starts.
+
+    Packets are appended as memoryviews into ``buf`` (vnet header included), known control frames as
+    ControlFrame. The pure core of StoP: the engine calls it on its shared receive buffer.
+    """
+    view = memoryview(buf)
+    v = vnet_hdr_len
+    known = ControlType._value2member_map_
+    while end - pos >= v + LENGTH_PREFIX or (end - pos >= v + CONTROL_HEADER and not buf[pos + v] >> 4):
+        b = pos + v
+        version = buf[b] >> 4
+        if version == 4:
+            ihl = (buf[b] & 0x0F) * 4
+            length = (buf[b + 2] << 8) | buf[b + 3]
+            if ihl < IPV4_MIN_HEADER:
+                raise FrameError("bad_header", f"IPv4 header length {ihl} < {IPV4_MIN_HEADER}")
+            if length < ihl:
+                raise FrameError("short_length", f"IPv4 total length {length} < header {ihl}")
+        elif version == 6:
+            length = IPV6_HEADER + ((buf[b + 4] << 8) | buf[b + 5])
+        elif version == 0:
+            length = CONTROL_HEADER + ((buf[b + 2] << 8) | buf[b + 3])
+        else:
+            raise FrameError("bad_version", f"first nibble {version} is neither 4, 6 nor 0")
+        if length > max_frame_bytes:
+            raise FrameError("too_long", f"frame of {length} bytes > max {max_frame_bytes}")
+        if end - pos < v + length:
+            break
+        if version:
+            out.append(view[pos : b + length])
+        elif buf[b] == 0:
+            raise FrameError("bad_control", "control type 0")
+        elif buf[b] in known:
+            out.append(ControlFrame(buf[b], bytes(buf[b + CONTROL_HEADER : b + length])))
+        pos = b + length
+    return pos

@@ -162,3 +162,31 @@ def encode_reject(reason: str) -> bytes:
 
 def decode_reject(body: bytes) -> str:
     return body.decode("utf-8", "replace")
+
+
+class ServerHandshake:
+    """The BGW's side of the exchange as a state machine: bytes in, a HELLO (or an error) out.
+
+    ``greeting()`` is the CHALLENGE to send; ``receive(data)`` buffers at most one message and returns
+    the decoded HELLO once it is complete. The caller looks up the CPE and calls ``verify_hello``.
+    """
+
+    def __init__(self, nonce: bytes | None = None) -> None:
+        self.nonce = nonce or new_nonce()
+        self._buf = b""
+
+    def greeting(self) -> bytes:
+        return encode_challenge(self.nonce)
+
+    def receive(self, data: bytes) -> Hello | None:
+        self._buf += data
+        if len(self._buf) < HEADER.size:
+            return None
+        mtype, length = parse_header(self._buf[: HEADER.size])
+        if mtype != MsgType.HELLO:
+            raise HandshakeError("bad_message", f"expected HELLO, got {mtype.name}")
+        if len(self._buf) < HEADER.size + length:
+            return None
+        if len(self._buf) > HEADER.size + length:
+            raise HandshakeError("bad_message", "data after HELLO before WELCOME")
+        return decode_hello(self._buf[HEADER.size :])

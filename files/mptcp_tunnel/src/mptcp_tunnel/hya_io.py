@@ -179,7 +179,7 @@ def run_hya(cfg: AgentConfig, settings: HyaSettings, stop: threading.Event) -> i
     if cfg.role == "cpe":
         netsetup.apply_logged(cfg)  # policy routing from each link address, as in MPTCP mode
     mtu = settings.effective_tun_mtu(cfg.tunnel.mtu)
-    tun_fd = open_tun(tun_name, mtu)
+    tun_fd = open_tun(tun_name, mtu, vnet=False)[0]
     socks: list[socket.socket] = []
     try:
         for link in settings.links:

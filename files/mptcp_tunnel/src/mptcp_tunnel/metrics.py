@@ -1,6 +1,13 @@
-"""Prometheus metrics of the agent (one registry per process)."""
+"""Prometheus metrics of the agent (one registry, in the process that serves them).
+
+BGW workers keep plain integer counters per session and report their increments to the control
+process once a second (``apply_session_stats``); only the control process touches this registry, so
+counters stay correct when a worker dies and is restarted.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -12,6 +19,12 @@ SESSION_UP = Gauge(
     ["cpe"],
     registry=REGISTRY,
 )
+SESSION_OFFLOAD = Gauge(
+    "mptcp_tunnel_session_offload",
+    "1 while the CPE's session carries GSO super-packets (TUN offload negotiated)",
+    ["cpe"],
+    registry=REGISTRY,
+)
 SUBFLOWS = Gauge(
     "mptcp_tunnel_subflows",
     "Established subflows of the CPE's MPTCP connection",
@@ -20,7 +33,7 @@ SUBFLOWS = Gauge(
 )
 PACKETS = Counter(
     "mptcp_tunnel_packets",
-    "IP packets carried (tx = TUN to tunnel, rx = tunnel to TUN)",
+    "IP packets carried (tx = TUN to tunnel, rx = tunnel to TUN); a GSO super-packet counts once",
     ["cpe", "direction"],
     registry=REGISTRY,
 )
@@ -29,6 +42,18 @@ BATCHES = Counter(
     "mptcp_tunnel_batches",
     "sendmsg calls into the tunnel (PtoS batches)",
     ["cpe"],
+    registry=REGISTRY,
+)
+TUN_IO = Counter(
+    "mptcp_tunnel_tun_io",
+    "TUN read/write calls (op=read|write); bytes per call = tun_io_bytes / tun_io",
+    ["cpe", "op"],
+    registry=REGISTRY,
+)
+TUN_IO_BYTES = Counter(
+    "mptcp_tunnel_tun_io_bytes",
+    "Bytes moved by TUN read/write calls, virtio-net header included",
+    ["cpe", "op"],
     registry=REGISTRY,
 )
 FRAME_ERRORS = Counter(
@@ -42,6 +67,15 @@ HANDSHAKE_FAILURES = Counter(
     "Connections refused during the handshake",
     ["reason"],
     registry=REGISTRY,
+)
+ACCEPT_ERRORS = Counter(
+    "mptcp_tunnel_accept_errors",
+    "accept() failures on the BGW listener (e.g. EMFILE); the listener pauses briefly and carries on",
+    ["reason"],
+    registry=REGISTRY,
+)
+WORKER_RESTARTS = Counter(
+    "mptcp_tunnel_worker_restarts", "BGW worker processes restarted after dying", registry=REGISTRY
 )
 SPOOFED_DROPS = Counter(
     "mptcp_tunnel_spoofed_drops",
@@ -58,11 +92,46 @@ QUEUE_DROPS = Counter(
 TUN_WRITE_ERRORS = Counter(
     "mptcp_tunnel_tun_write_errors", "Packets the TUN device refused", ["cpe"], registry=REGISTRY
 )
+STALE_GSO_DROPS = Counter(
+    "mptcp_tunnel_stale_gso_drops",
+    "Super-packets dropped because they were queued before offload was switched off",
+    ["cpe"],
+    registry=REGISTRY,
+)
 SESSIONS_ENDED = Counter(
     "mptcp_tunnel_sessions_ended", "Sessions ended, by reason", ["cpe", "reason"], registry=REGISTRY
 )
 RECONNECTS = Counter("mptcp_tunnel_reconnects", "CPE connection attempts after the first", registry=REGISTRY)
 FALLBACKS = Counter("mptcp_tunnel_fallbacks", "Connections that fell back to plain TCP", registry=REGISTRY)
+
+
+def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
+    """Add a session's counter increments (engine.session STAT_NAMES order) to the registry."""
+    if not deltas:
+        return
+    (tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b, stale) = deltas
+    if tx_p or tx_b:
+        PACKETS.labels(cpe, "tx").inc(tx_p)
+        BYTES.labels(cpe, "tx").inc(tx_b)
+    if rx_p or rx_b:
+        PACKETS.labels(cpe, "rx").inc(rx_p)
+        BYTES.labels(cpe, "rx").inc(rx_b)
+    if batches:
+        BATCHES.labels(cpe).inc(batches)
+    if spoofed:
+        SPOOFED_DROPS.labels(cpe).inc(spoofed)
+    if qdrops:
+        QUEUE_DROPS.labels(cpe).inc(qdrops)
+    if tun_err:
+        TUN_WRITE_ERRORS.labels(cpe).inc(tun_err)
+    if rd:
+        TUN_IO.labels(cpe, "read").inc(rd)
+        TUN_IO_BYTES.labels(cpe, "read").inc(rd_b)
+    if wr:
+        TUN_IO.labels(cpe, "write").inc(wr)
+        TUN_IO_BYTES.labels(cpe, "write").inc(wr_b)
+    if stale:
+        STALE_GSO_DROPS.labels(cpe).inc(stale)
 
 
 def serve(listen: tuple[str, int] | None) -> None:

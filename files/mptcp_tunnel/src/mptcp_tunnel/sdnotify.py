@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(state: str) -> bool:
@@ -27,3 +28,16 @@ def watchdog_interval() -> float | None:
     if not usec or not usec.isdigit() or int(usec) == 0:
         return None
     return int(usec) / 2e6
+
+
+_last_keepalive = 0.0
+
+
+def keepalive(status: str) -> None:
+    """During long work: tell systemd we are alive (watchdog) and need more time to start or stop."""
+    global _last_keepalive
+    now = time.monotonic()
+    if now - _last_keepalive < 1.0:
+        return
+    _last_keepalive = now
+    notify(f"WATCHDOG=1\nEXTEND_TIMEOUT_USEC=30000000\nSTATUS={status}")

@@ -1,0 +1,380 @@
+"""One CPE's tunnel as a state machine driven by an event loop: TUN fd <-> MPTCP stream, non-blocking.
+
+PtoS: when the TUN device is readable, read packets into the worker's shared batch buffer until it is
+empty or the batch is full (``Batcher``), then one ``sendmsg``. StoP: when the socket is readable,
+receive into the worker's shared receive buffer behind the session's partial frame, split it into frames
+(``split_frames``) and write each packet to the TUN device. A session keeps only its partial frames and
+counters; buffers belong to the worker (``Buffers``), so a session costs a few hundred bytes of Python
+plus its kernel socket.
+
+Every TUN fd carries a virtio-net header. With offload negotiated (``vnet``), the header rides in the
+stream in front of each frame, and GSO super-packets cross the tunnel whole; without it, the header is
+stripped on read and a zero header is written in front of each packet on write.
+
+The record layer: ``_send_stream`` and ``_recv_stream`` are the only places that touch the socket's
+bytes, so a TLS layer (``ssl.MemoryBIO``) slots in between them and the socket without another change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from mptcp_tunnel.batching import Batcher, after_short_send
+from mptcp_tunnel.config import TunnelSettings
+from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
+from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
+from mptcp_tunnel.srcfilter import SourceFilter
+from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
+
+log = logging.getLogger("mptcp_tunnel.session")
+
+DEAD_AFTER_KEEPALIVES = 3
+MAX_BATCH_PACKETS = 64
+RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+MAX_SUPER_PACKET = 65535
+ZERO_VNET = bytes(VNET_HDR_LEN)
+
+# Counter slots of a session (Session.stats); the worker reports their deltas.
+(
+    TX_PACKETS,
+    TX_BYTES,
+    RX_PACKETS,
+    RX_BYTES,
+    BATCHES,
+    SPOOFED,
+    QUEUE_DROPS,
+    TUN_ERRORS,
+    TUN_READS,
+    TUN_READ_BYTES,
+    TUN_WRITES,
+    TUN_WRITE_BYTES,
+    STALE_GSO_DROPS,
+) = range(13)
+STAT_NAMES = (
+    "tx_packets",
+    "tx_bytes",
+    "rx_packets",
+    "rx_bytes",
+    "batches",
+    "spoofed",
+    "queue_drops",
+    "tun_errors",
+    "tun_reads",
+    "tun_read_bytes",
+    "tun_writes",
+    "tun_write_bytes",
+    "stale_gso_drops",
+)
+
+
+class Buffers:
+    """Per-worker buffers shared by all its sessions (a loop runs one handler at a time)."""
+
+    def __init__(self, batch_bytes: int) -> None:
+        self.tx = bytearray(batch_bytes + MAX_SUPER_PACKET + VNET_HDR_LEN)
+        self.tx_view = memoryview(self.tx)
+        # A partial frame (<= 64 KiB + header) is moved in front of each receive.
+        self.rx = bytearray(2 * (MAX_SUPER_PACKET + VNET_HDR_LEN) + 262144)
+        self.rx_view = memoryview(self.rx)
+
+
+class Session:
+    def __init__(
+        self,
+        loop: EventLoop,
+        buffers: Buffers,
+        sock: socket.socket,
+        tun_fd: int,
+        cpe_id: str,
+        tunnel: TunnelSettings,
+        *,
+        vnet: bool,
+        source_filter: SourceFilter | None,
+        owns_tun: bool,
+        on_end: Callable[[Session], None],
+        generation: int = 0,
+    ) -> None:
+        self.loop = loop
+        self.buffers = buffers
+        self.sock = sock
+        self.sock_fd = sock.fileno()
+        self.tun_fd = tun_fd
+        self.cpe_id = cpe_id
+        self.tunnel = tunnel
+        self.vnet = vnet
+        self.stream_hdr = VNET_HDR_LEN if vnet else 0
+        self.source_filter = source_filter  # replaced whole on reload
+        self.owns_tun = owns_tun
+        self.on_end = on_end
+        self.generation = generation
+        self.reason = ""
+        self.ended = False
+        self.subflows = 0
+        self.round_subflows = -1  # subflows as last reported
+        self.stats = [0] * len(STAT_NAMES)
+        self.reported = [0] * len(STAT_NAMES)
+        self._rx_tail = b""
+        self._tx_tail = b""
+        self._bounded = tunnel.queue_bytes > 0
+        self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
+        self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
+        now = time.monotonic()
+        self.last_rx = self.last_tx = now
+        self.offload_flags = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._bounded:  # bound the unsent data in the socket: the tunnel's queue
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self.tunnel.queue_bytes)
+        self.offload_flags = set_offload(self.tun_fd, self.vnet)
+        self.loop.register(self.sock_fd, IN, self._on_socket)
+        self.loop.register(self.tun_fd, IN, self._on_tun)
+
+    def end(self, reason: str) -> None:
+        """End the session (idempotent): unregister, close the socket (and the TUN fd if ours)."""
+        if self.ended:
+            return
+        self.ended = True
+        self.reason = reason
+        self.loop.unregister(self.sock_fd)
+        self.loop.unregister(self.tun_fd)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self.owns_tun:
+            os.close(self.tun_fd)
+        self.on_end(self)
+
+    def housekeeping(self, now: float, check_info: bool) -> None:
+        """Called about once a second: keepalive, dead-peer detection, subflows and fallback."""
+        if self.ended:
+            return
+        keepalive = self.tunnel.keepalive_s
+        if now - self.last_rx > DEAD_AFTER_KEEPALIVES * keepalive:
+            self.end(f"keepalive_timeout: nothing received for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s")
+            return
+        if now - self.last_tx >= keepalive and not self._tx_tail:
+            self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
+        if check_info and not self.ended:
+            try:
+                self.subflows = mptcp_info(self.sock).subflows
+            except MptcpFallback:
+                self.end("fallback: the connection runs as plain TCP")
+            except OSError:
+                pass
+
+    # --- PtoS: TUN -> stream -----------------------------------------------------------------------
+    def _on_tun(self, _events: int) -> None:
+        try:
+            if self._tx_tail:
+                self._drop_from_tun()
+            else:
+                self._pump_tun()
+        except Exception as exc:  # a session's bug must never take the worker down
+            log.exception("%s: PtoS failed", self.cpe_id)
+            self.end(f"internal_error: {exc}")
+
+    def _pump_tun(self) -> None:
+        view = self.buffers.tx_view
+        stats = self.stats
+        vnet = self.vnet
+        fd = self.tun_fd
+        limit = len(view) - MAX_SUPER_PACKET - VNET_HDR_LEN
+        batch = self._batch
+        segments: list[memoryview] = []
+        lengths: list[int] = []
+        off = 0
+        readv, monotonic = os.readv, time.monotonic
+        while True:
+            try:
+                n = readv(fd, [view[off:]])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.end(f"tun_error: {exc.strerror or exc}")
+                return
+            stats[TUN_READS] += 1
+            stats[TUN_READ_BYTES] += n
+            if n <= VNET_HDR_LEN:
+                continue
+            if vnet:
+                seg = view[off : off + n]
+            else:
+                # Queued before offload was switched off: a super-packet the peer cannot take.
+                if view[off + 1] or view[off] & VNET_F_NEEDS_CSUM:
+                    stats[STALE_GSO_DROPS] += 1
+                    continue
+                seg = view[off + VNET_HDR_LEN : off + n]
+            segments.append(seg)
+            lengths.append(len(seg))
+            off += n
+            if batch.add(len(seg), monotonic()) or off > limit:
+                break
+        if segments:
+            self._send_segments(segments, lengths)
+            batch.flushed()
+
+    def _drop_from_tun(self) -> None:
+        """The socket still owes part of a packet: what arrives now is dropped (a full router queue)."""
+        if not self._bounded:  # unbounded: no reading until the socket drains (backpressure)
+            self.loop.modify(self.tun_fd, 0)
+            return
+        view = self.buffers.tx_view
+        for _ in range(MAX_BATCH_PACKETS):
+            try:
+                os.readv(self.tun_fd, [view])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.end(f"tun_error: {exc.strerror or exc}")
+                return
+            self.stats[QUEUE_DROPS] += 1
+
+    def _send_segments(self, segments: list[memoryview], lengths: list[int], keepalive: bool = False) -> None:
+        sent = self._send_stream(segments)
+        if sent < 0:
+            return
+        stats = self.stats
+        self.last_tx = time.monotonic()
+        total = sum(lengths)
+        if sent == total:
+            if not keepalive:
+                stats[TX_PACKETS] += len(lengths)
+                stats[TX_BYTES] += total - self.stream_hdr * len(lengths)
+                stats[BATCHES] += 1
+            return
+        if self._bounded:
+            # The stream must stay whole: a packet the kernel took part of is finished later; the
+            # packets behind it are dropped, where the inner TCP sees the loss.
+            cut, offset, first_dropped = after_short_send(lengths, sent)
+            if cut is not None:
+                self._tx_tail = bytes(segments[cut][offset:])
+            if not keepalive:
+                stats[TX_PACKETS] += first_dropped
+                stats[TX_BYTES] += sum(lengths[:first_dropped]) - self.stream_hdr * first_dropped
+                stats[QUEUE_DROPS] += len(lengths) - first_dropped
+                stats[BATCHES] += 1
+        else:
+            self._tx_tail = b"".join(bytes(s) for s in segments)[sent:]
+            if not keepalive:
+                stats[TX_PACKETS] += len(lengths)
+                stats[TX_BYTES] += total - self.stream_hdr * len(lengths)
+                stats[BATCHES] += 1
+        if self._tx_tail:
+            self.loop.modify(self.sock_fd, IN | OUT)
+
+    def _send_stream(self, segments: list[memoryview]) -> int:
+        """The record layer's send side (plaintext today). Returns bytes taken, -1 if the session ended."""
+        try:
+            return self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.end(f"send_error: {exc.strerror or exc}")
+            return -1
+
+    def _on_writable(self) -> None:
+        tail = self._tx_tail
+        try:
+            n = self.sock.send(tail, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.end(f"send_error: {exc.strerror or exc}")
+            return
+        self._tx_tail = tail[n:]
+        if not self._tx_tail:
+            self.loop.modify(self.sock_fd, IN)
+            if not self._bounded:
+                self.loop.modify(self.tun_fd, IN)
+
+    # --- StoP: stream -> TUN -----------------------------------------------------------------------
+    def _on_socket(self, events: int) -> None:
+        try:
+            if events & OUT and self._tx_tail:
+                self._on_writable()
+            if not self.ended and events & (IN | ERR):
+                self._pump_socket()
+        except FrameError as exc:
+            log.warning("%s: invalid frame from peer, ending session: %s", self.cpe_id, exc)
+            self.end(f"frame_error: {exc}")
+        except Exception as exc:  # a session's bug must never take the worker down
+            log.exception("%s: StoP failed", self.cpe_id)
+            self.end(f"internal_error: {exc}")
+
+    def _recv_stream(self, into: memoryview) -> int:
+        """The record layer's receive side (plaintext today). Returns bytes, 0 at EOF, -1 if none."""
+        try:
+            return self.sock.recv_into(into)
+        except BlockingIOError:
+            return -1
+
+    def _pump_socket(self) -> None:
+        buf, view = self.buffers.rx, self.buffers.rx_view
+        hdr = self.stream_hdr
+        write, writev, tun = os.write, os.writev, self.tun_fd
+        stats = self.stats
+        filt = self.source_filter
+        max_frame = self.tunnel.max_frame_bytes
+        for _ in range(RECV_BUDGET):
+            tail = self._rx_tail
+            t = len(tail)
+            buf[:t] = tail
+            try:
+                n = self._recv_stream(view[t:])
+            except OSError as exc:
+                self.end(f"recv_error: {exc.strerror or exc}")
+                return
+            if n < 0:
+                return
+            if n == 0:
+                self.end("peer_closed: the peer closed the connection")
+                return
+            self.last_rx = time.monotonic()
+            end = t + n
+            frames: list[memoryview | ControlFrame] = []
+            pos = split_frames(buf, 0, end, hdr, max_frame, frames)
+            self._rx_tail = bytes(buf[pos:end])
+            packets = nbytes = 0
+            for frame in frames:
+                if isinstance(frame, ControlFrame):
+                    continue  # keepalive: receiving it was the point
+                if filt is not None and not filt.allows(frame):
+                    stats[SPOOFED] += 1
+                    continue
+                try:
+                    if hdr:
+                        write(tun, frame)
+                    else:
+                        writev(tun, (ZERO_VNET, frame))
+                except OSError:
+                    stats[TUN_ERRORS] += 1
+                    continue
+                packets += 1
+                nbytes += len(frame)
+            stats[RX_PACKETS] += packets
+            stats[RX_BYTES] += nbytes - packets * hdr
+            stats[TUN_WRITES] += packets
+            stats[TUN_WRITE_BYTES] += nbytes + packets * (VNET_HDR_LEN - hdr)
+            if n < len(view) - t:  # the socket is drained
+                return
+
+    # --- metrics -----------------------------------------------------------------------------------
+    def take_deltas(self) -> list[int] | None:
+        """Counter increments since the last call, or None if nothing changed."""
+        stats, reported = self.stats, self.reported
+        if stats == reported:
+            return None
+        deltas = [a - b for a, b in zip(stats, reported, strict=True)]
+        self.reported = list(stats)
+        return deltas

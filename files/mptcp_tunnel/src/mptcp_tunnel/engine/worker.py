@@ -1,0 +1,184 @@
+"""A BGW worker process: an event loop over the sessions the control process hands it.
+
+The control process owns configuration, TUN devices, routes, admission and the rule "one session per
+CPE"; it hands each authenticated connection here together with a duplicate of the CPE's TUN fd. A
+CPE always goes to the same worker, so a newer connection replaces the older one inside this one loop,
+atomically. The worker never looks at configuration files and never decides who may connect.
+
+Messages from the control process: ``settings`` (tunnel settings), ``attach`` (cpe, gen, vnet,
+prefixes; fds: socket, TUN), ``detach`` (cpe), ``prefixes`` (cpe, prefixes), ``stop``.
+Messages to it: ``ended`` (cpe, gen, reason), ``stats`` (per-CPE counter deltas and subflows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from mptcp_tunnel.config import IPNetwork, TunnelSettings
+from mptcp_tunnel.engine import channel
+from mptcp_tunnel.engine.loop import IN, EventLoop
+from mptcp_tunnel.engine.session import Buffers, Session
+from mptcp_tunnel.srcfilter import SourceFilter
+from mptcp_tunnel.tun import VNET_HDR_LEN
+
+log = logging.getLogger("mptcp_tunnel.worker")
+
+HOUSEKEEPING_S = 1.0
+INFO_EVERY = 5  # MPTCP_INFO per session every INFO_EVERY housekeeping rounds (spread over them)
+STATS_S = 1.0
+
+
+def _prefixes(raw: list[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(p) for p in raw)
+
+
+class Worker:
+    def __init__(self, chan: socket.socket, index: int) -> None:
+        self.chan = chan
+        self.index = index
+        self.loop = EventLoop()
+        self.tunnel = TunnelSettings()
+        self.buffers = Buffers(self.tunnel.batch_bytes)
+        self.sessions: dict[str, Session] = {}
+        self.round = 0
+        self.done = False
+
+    def run(self) -> int:
+        self.chan.setblocking(False)
+        self.loop.register(self.chan.fileno(), IN, self._on_channel)
+        self.loop.call_every(HOUSEKEEPING_S, self._housekeeping)
+        self.loop.call_every(STATS_S, self._report_stats)
+        try:
+            self.loop.run(lambda: self.done)
+        finally:
+            for session in list(self.sessions.values()):
+                session.end("local_stop: agent stopping")
+            self._report_stats()
+        return 0
+
+    # --- control messages --------------------------------------------------------------------------
+    def _on_channel(self, _events: int) -> None:
+        for _ in range(256):
+            try:
+                got = channel.receive(self.chan)
+            except BlockingIOError:
+                return
+            except OSError:
+                got = None
+            if got is None:  # the control process is gone: nothing left to work for
+                self.done = True
+                return
+            message, fds = got
+            try:
+                self._handle(message, fds)
+            except Exception:  # a malformed message must not end every session of this worker
+                log.exception("worker %d: cannot handle %s", self.index, message.get("op"))
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message["op"]
+        if op == "settings":
+            self.tunnel = TunnelSettings(**message["tunnel"])
+            if len(self.buffers.tx) < self.tunnel.batch_bytes + 65545:
+                self.buffers = Buffers(self.tunnel.batch_bytes)
+        elif op == "attach":
+            self._attach(message, fds)
+        elif op == "detach":
+            session = self.sessions.get(message["cpe"])
+            if session is not None:
+                session.end(message.get("reason", "cpe_removed: no longer in the configuration"))
+        elif op == "prefixes":
+            session = self.sessions.get(message["cpe"])
+            if session is not None:
+                session.source_filter = SourceFilter(_prefixes(message["prefixes"]), session.stream_hdr)
+        elif op == "stop":
+            self.done = True
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    def _attach(self, message: dict[str, Any], fds: list[int]) -> None:
+        sock_fd, tun_fd = fds
+        cpe_id = message["cpe"]
+        old = self.sessions.get(cpe_id)
+        if old is not None:  # a newer authenticated connection replaces the older one, here and now
+            old.end("replaced: the CPE reconnected")
+        vnet = bool(message["vnet"])
+        sock = socket.socket(fileno=sock_fd)
+        session = Session(
+            self.loop,
+            self.buffers,
+            sock,
+            tun_fd,
+            cpe_id,
+            self.tunnel,
+            vnet=vnet,
+            source_filter=SourceFilter(_prefixes(message["prefixes"]), VNET_HDR_LEN if vnet else 0),
+            owns_tun=True,
+            on_end=self._ended,
+            generation=int(message["gen"]),
+        )
+        self.sessions[cpe_id] = session
+        try:
+            session.start()
+        except OSError as exc:
+            session.end(f"internal_error: cannot start the session: {exc.strerror or exc}")
+
+    def _ended(self, session: Session) -> None:
+        if self.sessions.get(session.cpe_id) is session:
+            del self.sessions[session.cpe_id]
+        self._send_stats_of(session)
+        self._send({"op": "ended", "cpe": session.cpe_id, "gen": session.generation, "reason": session.reason})
+
+    # --- periodic ----------------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        self.round += 1
+        slot = self.round % INFO_EVERY
+        for i, session in enumerate(list(self.sessions.values())):
+            session.housekeeping(now, check_info=i % INFO_EVERY == slot)
+
+    def _report_stats(self) -> None:
+        cpes: dict[str, Any] = {}
+        for cpe_id, session in self.sessions.items():
+            deltas = session.take_deltas()
+            if deltas is not None or session.round_subflows != session.subflows:
+                cpes[cpe_id] = [deltas or [], session.subflows]
+                session.round_subflows = session.subflows
+        if cpes:
+            self._send({"op": "stats", "cpes": cpes})
+
+    def _send_stats_of(self, session: Session) -> None:
+        deltas = session.take_deltas()
+        if deltas is not None:
+            self._send(
+                {"op": "stats", "cpes": {session.cpe_id: [deltas, 0]}, "frame_errors": {}, "fallbacks": 0}
+            )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            channel.send(self.chan, message)
+        except BlockingIOError:  # the control process lags: counters catch up with the next report
+            self.chan.setblocking(True)
+            try:
+                channel.send(self.chan, message)
+            finally:
+                self.chan.setblocking(False)
+        except OSError:
+            self.done = True
+
+
+def main(chan_fd: int, index: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when we stop
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    chan = socket.socket(fileno=chan_fd)
+    return Worker(chan, index).run()
