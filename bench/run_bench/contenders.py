@@ -12,6 +12,7 @@ Traffic is a download (server -> client, iperf3 ``-R``), as in the paper.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,18 @@ SERVER = "172.16.0.2"
 CLIENT = "192.168.10.2"
 HYA_LINKS = (("10.1.0.1", "10.1.0.2"), ("10.2.0.1", "10.2.0.2"))  # (cpe, bgw) per link
 
-CONTENDERS = ("fixed-only", "cellular-only", "mptcp-tunnel", "hya-1:1", "hya-2:1", "raw-mptcp")
+CONTENDERS = (
+    "fixed-only",
+    "cellular-only",
+    "mptcp-tunnel",
+    "mptcp-tunnel-perpacket",
+    "mptcp-tunnel-offload",
+    "hya-1:1",
+    "hya-2:1",
+    "raw-mptcp",
+)
+# Datapath variants: the agent's tunnel.offload setting each one runs with.
+OFFLOAD_OF = {"mptcp-tunnel-perpacket": "off", "mptcp-tunnel-offload": "on"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,8 @@ def path_of(contender: str) -> Path:
         return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
     if contender == "mptcp-tunnel":
         return Path("client", "server", SERVER, None, "mptcp")
+    if contender in OFFLOAD_OF:
+        return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
         return Path("client", "server", SERVER, None, contender)
     if contender == "raw-mptcp":
@@ -84,11 +98,14 @@ class Agents:
             cfg = None
             if mode.startswith("hya-"):
                 cfg = hya_config(self.lab, role, mode[4:], self.ooo_ms, self.inseq_ms)
+            elif mode.startswith("mptcp-offload-"):
+                cfg = self.lab.agent_config(role)
+                cfg.setdefault("tunnel", {})["offload"] = mode.rsplit("-", 1)[1]
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)
         self.lab.wait_tunnel(30)
-        if mode == "mptcp":
+        if mode.startswith("mptcp"):
             self._wait_subflows()
         self.mode = mode
         time.sleep(0.5)
@@ -103,6 +120,14 @@ class Agents:
             if any(k.startswith("mptcp_tunnel_subflows") and v >= 2 for k, v in m.items()):
                 return
             time.sleep(0.2)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each agent, its worker processes included."""
+        out = {}
+        for role in ("cpe", "bgw"):
+            pid = self.lab.pid(f"agent-{role}")
+            out[role] = process_tree_cpu(pid) if pid is not None else 0.0
+        return out
 
     def stop(self) -> None:
         for role in ("cpe", "bgw"):
@@ -149,6 +174,23 @@ def bulk(
             agents.ensure(p.agents)
             time.sleep(1)
     raise AssertionError("unreachable")
+
+
+def process_tree_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` and its live children, in seconds (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: ppid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 def congestion(result: IperfResult) -> str | None:

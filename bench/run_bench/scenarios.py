@@ -83,7 +83,7 @@ class Settings:
             "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
             "many_flows": len(self.flows) * len(self.flows_contenders) * r,
-            "datapath_ceiling": 2 * r,
+            "datapath_ceiling": 3 * r,
             "latency": 2 * len(self.latency_contenders),
         }[scenario]
 
@@ -432,17 +432,32 @@ def datapath_ceiling(
     res.notes.append("no tbf, no delay, no loss on either access link (veth pairs only)")
     try:
         means = {}
-        for contender in ("raw-mptcp", "mptcp-tunnel"):
-            runs = _runs(lab, agents, contender, s, progress, "ceiling", s.ceiling_seconds, omit=2)
-            p = res.add_point(
-                contender, [r.mbps for r in runs], retransmits=[r.retransmits for r in runs]
-            )
+        for contender in ("raw-mptcp", "mptcp-tunnel-perpacket", "mptcp-tunnel-offload"):
+            runs, cpu = [], []
+            for rep in range(s.reps):
+                agents.ensure(path_of(contender).agents)
+                before = agents.cpu_seconds()
+                try:
+                    r = bulk(lab, agents, contender, s.ceiling_seconds, omit=2, cc=s.inner_cc)
+                except LabError as exc:
+                    progress.step(f"ceiling {contender} rep {rep + 1}: FAILED ({exc})")
+                    continue
+                after = agents.cpu_seconds()
+                runs.append(r)
+                # GB carried in the whole run (omitted seconds included) = mean rate x duration.
+                gb = r.mbps * (s.ceiling_seconds + 2) / 8 / 1000
+                used = {role: after[role] - before[role] for role in after}
+                cpu.append({role: round(sec / gb, 2) for role, sec in used.items()} if gb else {})
+                progress.step(f"ceiling {contender} rep {rep + 1}: {r.mbps:.0f} Mbit/s")
+            extra: dict[str, Any] = {"retransmits": [r.retransmits for r in runs]}
+            if contender != "raw-mptcp":
+                extra["cpu_s_per_gb"] = cpu
+            p = res.add_point(contender, [r.mbps for r in runs], **extra)
             means[contender] = p["mean_mbps"]
+            if means.get("raw-mptcp") and p["mean_mbps"] is not None and contender != "raw-mptcp":
+                p["ratio_to_raw"] = round(p["mean_mbps"] / means["raw-mptcp"], 4)
+                res.notes.append(f"{contender} / raw MPTCP = {p['ratio_to_raw']}")
             save(res)
-        if means.get("raw-mptcp") and means.get("mptcp-tunnel") is not None:
-            ratio = round(means["mptcp-tunnel"] / means["raw-mptcp"], 4)
-            res.points[-1]["ratio_to_raw"] = ratio
-            res.notes.append(f"tunnel / raw MPTCP = {ratio}")
     finally:
         for name in ("fixed", "cellular"):
             linkctl.reshape(lab, name)

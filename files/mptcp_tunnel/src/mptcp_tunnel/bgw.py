@@ -378,6 +378,8 @@ class BgwAgent:
             if slot is None:
                 raise hs.HandshakeError("unknown_cpe", f"no CPE {hello.cpe_id!r} is configured")
             hs.verify_hello(hello, slot.entry.secret, pending.machine.nonce)
+            if self.workers[slot.worker].chan is None:
+                raise hs.HandshakeError("worker_unavailable", "busy, try again in a moment")
             features = hello.features & (hs.Feature.VNET_HDR if self.offload else hs.Feature.NONE)
             welcome = hs.encode_welcome(hello, slot.entry.secret, pending.machine.nonce, features)
             if pending.conn.send(welcome) != len(welcome):

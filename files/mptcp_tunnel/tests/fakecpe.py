@@ -1,0 +1,94 @@
+"""A scripted CPE for the engine tests: real MPTCP socket, real handshake, UDP packets from its prefix.
+
+Run inside the CPE's namespace: ``python fakecpe.py CONFIG SECONDS SRC [--reconnect]``. It sends one
+IPv4/UDP packet from SRC to the BGW's echo port every 20 ms, parses what comes back with the agent's
+own stream parser, and prints one JSON line: packets sent and received, packets whose destination is
+not SRC ("foreign": another customer's), connections made and whether the BGW closed it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+import sys
+import time
+
+from mptcp_tunnel import exchange
+from mptcp_tunnel import handshake as hs
+from mptcp_tunnel.config import load_config
+from mptcp_tunnel.framing import ControlFrame, FrameError, StreamParser
+
+ECHO = ("10.1.0.2", 9999)
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    length = 28 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, length, 0, 0x4000, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
+    csum = sum(struct.unpack("!10H", header))
+    csum = (csum & 0xFFFF) + (csum >> 16)
+    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+    header = header[:10] + struct.pack("!H", csum) + header[12:]
+    return header + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def connect(cfg_path: str) -> socket.socket:
+    cpe = load_config(cfg_path).cpe
+    assert cpe is not None
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.settimeout(5)
+    s.connect(("10.1.0.2", 7440))
+    exchange.client_handshake(s, cpe, hs.Feature.NONE)
+    s.settimeout(0.02)
+    return s
+
+
+def main() -> None:
+    cfg_path, seconds, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    reconnect = "--reconnect" in sys.argv
+    own = ipaddress.ip_address(src)
+    result = {"sent": 0, "received": 0, "foreign": 0, "connections": 0, "closed": False, "after_last": 0}
+    deadline = time.monotonic() + seconds
+    sock: socket.socket | None = None
+    parser = StreamParser()
+    while time.monotonic() < deadline:
+        if sock is None:
+            try:
+                sock = connect(cfg_path)
+            except (OSError, hs.HandshakeError, exchange.Rejected):
+                if not reconnect:
+                    break
+                time.sleep(0.2)
+                continue
+            result["connections"] += 1
+            result["after_last"] = 0
+            parser = StreamParser()
+        try:
+            sock.sendall(udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
+            result["sent"] += 1
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError
+            for frame in parser.feed(data):
+                if isinstance(frame, ControlFrame):
+                    continue
+                result["received"] += 1
+                result["after_last"] += 1
+                if ipaddress.ip_address(bytes(frame[16:20])) != own:
+                    result["foreign"] += 1
+        except TimeoutError:
+            continue
+        except (OSError, FrameError):
+            result["closed"] = True
+            sock.close()
+            sock = None
+            if not reconnect:
+                break
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The engine's promises with real processes (needs root): one session per CPE, no packet of one CPE
+reaching another (racing handshakes, a reload under traffic), and a killed worker costing only its own
+sessions. The CPEs are scripted (fakecpe.py): real MPTCP sockets and handshakes, UDP echoed by the BGW.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from test_agent_process import Pair, wait_for
+
+pytest_plugins = ["test_agent_process"]  # its "pair" fixture: two namespaces, two links
+
+FAKECPE = str(Path(__file__).parent / "fakecpe.py")
+PREFIX = {f"cpe{n}": f"192.168.{9 + n}.0/24" for n in range(1, 9)}
+SOURCE = {cpe: prefix.replace(".0/24", ".5") for cpe, prefix in PREFIX.items()}
+
+
+def secret(cpe: str) -> str:
+    return f"secret-of-{cpe}-0123"
+
+
+def bgw_config(pair: Pair, cpes: list[str], **tunnel: Any) -> Path:
+    doc = yaml.safe_load(pair.config("bgw").read_text())
+    doc["bgw"]["cpes"] = [{"id": c, "secret": secret(c), "prefixes": [PREFIX[c]]} for c in cpes]
+    doc["tunnel"].update(tunnel)
+    path = pair.tmp / "bgw-engine.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cpe_config(pair: Pair, cpe: str) -> Path:
+    return pair.config("cpe", cpe__id=cpe, cpe__secret=secret(cpe))
+
+
+def echo_server(pair: Pair) -> subprocess.Popen[bytes]:
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.bind(('0.0.0.0', 9999))\n"
+        "while True:\n"
+        "    data, peer = s.recvfrom(2048)\n"
+        "    s.sendto(data, peer)\n"
+    )
+    return subprocess.Popen(["ip", "netns", "exec", pair.bgw, sys.executable, "-c", code])
+
+
+def fake_cpe(pair: Pair, cpe: str, seconds: float, reconnect: bool = False) -> subprocess.Popen[str]:
+    argv = [sys.executable, FAKECPE, str(cpe_config(pair, cpe)), str(seconds), SOURCE[cpe]]
+    if reconnect:
+        argv.append("--reconnect")
+    return subprocess.Popen(["ip", "netns", "exec", pair.cpe, *argv], stdout=subprocess.PIPE, text=True)
+
+
+def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=60)
+    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ppid == pid:
+            out.append((int(entry), cmdline))
+    return out
+
+
+def test_racing_handshakes_leave_exactly_one_session(pair: Pair) -> None:
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=2))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        twins = [fake_cpe(pair, "cpe1", 5) for _ in range(2)]  # the same CPE, twice, at once
+        other = fake_cpe(pair, "cpe2", 5)
+        time.sleep(3)
+        during = pair.metrics(pair.bgw)
+        first, second = (result(p) for p in twins)
+        neighbour = result(other)
+    finally:
+        echo.kill()
+        echo.wait()
+    assert sorted([first["closed"], second["closed"]]) == [False, True], (first, second)
+    survivor = first if not first["closed"] else second
+    assert survivor["received"] > 50, survivor
+    assert neighbour["received"] > 50 and not neighbour["closed"], neighbour
+    for r in (first, second, neighbour):
+        assert r["foreign"] == 0, r  # no packet of another CPE, ever
+    assert during['mptcp_tunnel_session_up{cpe="cpe1"}'] == 1
+    m = pair.metrics(pair.bgw)
+    assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="replaced"}'] == 1
+    assert bgw.stop() == 0
+
+
+def test_reload_removing_one_cpe_while_adding_another_under_traffic(pair: Pair) -> None:
+    config = bgw_config(pair, ["cpe1", "cpe2"], workers=2)
+    bgw = pair.start("bgw", config)
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        leaving = fake_cpe(pair, "cpe1", 8)
+        staying = fake_cpe(pair, "cpe2", 8)
+        time.sleep(2)
+        bgw_config(pair, ["cpe2", "cpe3"], workers=2)  # same file, rewritten
+        bgw.proc.send_signal(signal.SIGHUP)
+        bgw.wait_log("config reloaded")
+        joining = fake_cpe(pair, "cpe3", 4)
+        gone, kept, new = result(leaving), result(staying), result(joining)
+    finally:
+        echo.kill()
+        echo.wait()
+    assert gone["closed"] and gone["received"] > 0, gone
+    assert not kept["closed"] and kept["received"] > 200, kept  # untouched by the reload
+    assert new["received"] > 50, new
+    for r in (gone, kept, new):
+        assert r["foreign"] == 0, r
+    links = pair.links(pair.bgw)
+    assert "mt-cpe1" not in links and "mt-cpe3" in links
+    assert bgw.proc.poll() is None
+    assert bgw.stop() == 0
+
+
+def test_a_killed_worker_costs_only_its_own_sessions(pair: Pair) -> None:
+    cpes = ["cpe1", "cpe2", "cpe3", "cpe4", "cpe5", "cpe6"]
+    worker_of = {c: zlib.crc32(c.encode()) % 2 for c in cpes}
+    assert set(worker_of.values()) == {0, 1}, "the test needs sessions on both workers"
+    bgw = pair.start("bgw", bgw_config(pair, cpes, workers=2))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        fakes = {c: fake_cpe(pair, c, 12, reconnect=True) for c in cpes}
+        wait_for(
+            lambda: bgw.log.read_text().count("session up") >= len(cpes), timeout=10, what="all sessions"
+        )
+        time.sleep(1)
+        workers = [pid for pid, cmd in children(bgw.proc.pid) if "worker" in cmd and "--index 0" in cmd]
+        assert len(workers) == 1, children(bgw.proc.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        results = {c: result(p) for c, p in fakes.items()}
+    finally:
+        echo.kill()
+        echo.wait()
+    for cpe, r in results.items():
+        assert r["foreign"] == 0, (cpe, r)
+        if worker_of[cpe] == 0:  # lost with the worker, then back by itself
+            assert r["connections"] == 2 and r["after_last"] > 20, (cpe, r)
+        else:  # never noticed
+            assert r["connections"] == 1 and not r["closed"], (cpe, r)
+    assert bgw.proc.poll() is None
+    m = pair.metrics(pair.bgw)
+    assert m["mptcp_tunnel_worker_restarts_total"] == 1
+    for cpe in cpes:
+        died = m.get(f'mptcp_tunnel_sessions_ended_total{{cpe="{cpe}",reason="worker_died"}}', 0)
+        assert died == (1 if worker_of[cpe] == 0 else 0), cpe
+    assert bgw.stop() == 0
