@@ -7,7 +7,11 @@
   TTL / hop limit the datagram arrived with (IP_RECVTTL / IPV6_RECVHOPLIMIT).
 - ``udp-client --host H --port P``: send one datagram, print JSON ``{"local": ..., "reply": ...}``.
 
-Servers print ``ready`` once bound and run until killed.
+- ``capture --port P --count N``: an AF_PACKET capture on ``eth0`` (both directions) of the first N
+  IP packets to UDP port P; prints them as hex, one per line, then exits.
+- ``udp-tos --host H --port P --tos T``: send 4 datagrams with TOS / traffic class T (DSCP and ECN).
+
+Servers and captures print ``ready`` once bound and run until killed (or done).
 """
 
 from __future__ import annotations
@@ -90,10 +94,53 @@ def udp_client(host: str, port: int) -> None:
         print(json.dumps({"local": _addr(s.getsockname()), "reply": reply}))
 
 
+ETH_P_ALL = 0x0003
+ETH_HEADER = 14
+
+
+def capture(port: int, count: int) -> None:
+    """Whole IP packets to UDP ``port`` as seen on eth0, headers byte for byte."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+        s.bind(("eth0", 0))
+        s.settimeout(20)
+        print("ready", flush=True)
+        seen = 0
+        while seen < count:
+            frame = s.recv(65535)
+            ip = frame[ETH_HEADER:]
+            if not ip:
+                continue
+            if ip[0] >> 4 == 4 and ip[9] == 17:
+                udp = ip[(ip[0] & 0x0F) * 4 :]
+            elif ip[0] >> 4 == 6 and ip[6] == 17:
+                udp = ip[40:]
+            else:
+                continue
+            if len(udp) >= 4 and struct.unpack("!H", udp[2:4])[0] == port:
+                print(ip.hex(), flush=True)
+                seen += 1
+
+
+def udp_tos(host: str, port: int, tos: int) -> None:
+    fam = _family(host)
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        for i in range(4):
+            s.sendto(b"header-probe-%d" % i, (host, port))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtlab.probes")
-    parser.add_argument("kind", choices=["tcp-server", "tcp-client", "udp-server", "udp-client"])
+    parser.add_argument(
+        "kind",
+        choices=["tcp-server", "tcp-client", "udp-server", "udp-client", "capture", "udp-tos"],
+    )
     parser.add_argument("--family", default="4")
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--tos", type=lambda v: int(v, 0), default=0)
     parser.add_argument("--host", default="")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
@@ -104,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             tcp_client(args.host, args.port)
         elif args.kind == "udp-server":
             udp_server(args.family, args.port)
+        elif args.kind == "capture":
+            capture(args.port, args.count)
+        elif args.kind == "udp-tos":
+            udp_tos(args.host, args.port, args.tos)
         else:
             udp_client(args.host, args.port)
     except (OSError, ValueError) as exc:
