@@ -18,8 +18,24 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
+SEND_WAIT_S = 2.0  # a full channel means a lagging peer: wait this long rather than lose a message
+
+
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    """Send one message; never drops it silently (waits up to SEND_WAIT_S, then raises OSError)."""
     data = json.dumps(message, separators=(",", ":")).encode()
+    try:
+        _send(sock, data, fds)
+    except BlockingIOError:
+        timeout = sock.gettimeout()
+        sock.settimeout(SEND_WAIT_S)
+        try:
+            _send(sock, data, fds)
+        finally:
+            sock.settimeout(timeout)
+
+
+def _send(sock: socket.socket, data: bytes, fds: list[int] | None) -> None:
     if fds:
         socket.send_fds(sock, [data], fds)
     else:

@@ -136,7 +136,8 @@ class Worker:
         if self.sessions.get(session.cpe_id) is session:
             del self.sessions[session.cpe_id]
         self._send_stats_of(session)
-        self._send({"op": "ended", "cpe": session.cpe_id, "gen": session.generation, "reason": session.reason})
+        ended = {"op": "ended", "cpe": session.cpe_id, "gen": session.generation, "reason": session.reason}
+        self._send(ended)
 
     # --- periodic ----------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -166,13 +167,7 @@ class Worker:
     def _send(self, message: dict[str, Any]) -> None:
         try:
             channel.send(self.chan, message)
-        except BlockingIOError:  # the control process lags: counters catch up with the next report
-            self.chan.setblocking(True)
-            try:
-                channel.send(self.chan, message)
-            finally:
-                self.chan.setblocking(False)
-        except OSError:
+        except OSError:  # the control process is gone or hung: nothing left to work for
             self.done = True
 
 
