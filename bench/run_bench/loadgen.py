@@ -326,6 +326,46 @@ def cpu_percent(
     return round(100.0 * (b - a) / (time.monotonic() - t0), 2)
 
 
+def flood(target: tuple[str, int], n: int, netns: str | None = None) -> list[socket.socket]:
+    """Open ``n`` MPTCP connections to ``target`` that never say a word (non-blocking connects).
+
+    Created in a thread that enters ``netns`` first; close them with ``close_flood``.
+    """
+    raise_nofile(n + 1024)
+    out: list[socket.socket] = []
+    err: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            if netns:
+                enter_netns(netns)
+            for _ in range(n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+                s.setblocking(False)
+                s.connect_ex(target)
+                out.append(s)
+        except BaseException as exc:
+            err.append(exc)
+
+    t = threading.Thread(target=work, name="flood")
+    t.start()
+    t.join()
+    if err:
+        close_flood(out)
+        raise err[0]
+    return out
+
+
+def close_flood(socks: list[socket.socket]) -> None:
+    """Close flood connections with a reset (no TIME_WAIT, the BGW sees it at once)."""
+    linger = struct.pack("ii", 1, 0)
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.close()
+    socks.clear()
+
+
 # ---------------------------------------------------------------------------- the generator
 
 IDLE, CONNECTING, CHALLENGE, WELCOME, UP = range(5)

@@ -168,7 +168,11 @@ class FleetLab:
     def start_bgw(
         self, config: dict[str, Any] | Path, nofile: int = 65536
     ) -> subprocess.Popen[bytes]:
-        """Start the real BGW agent in the BGW namespace with RLIMIT_NOFILE ``nofile`` (soft = hard)."""
+        """Start the real BGW agent in the BGW namespace, RLIMIT_NOFILE ``nofile`` (soft = hard).
+
+        ``prlimit`` sets the limit and execs ``ip netns exec``, which execs the agent: the
+        Popen's PID is the agent's.
+        """
         if self.bgw is not None and self.bgw.poll() is None:
             raise LabError("a BGW is already running")
         if isinstance(config, dict):
@@ -178,19 +182,19 @@ class FleetLab:
         limit = nofile_cap(nofile)
         self.bgw_nofile = limit
 
-        def limits() -> None:  # in the child, before exec
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.bgw_log, "ab") as log:
             self.bgw = subprocess.Popen(
-                procs.ns_argv(
-                    self.ns_bgw, [agent_bin(), "run", "--config", str(self.bgw_config_path)]
-                ),
+                [
+                    "prlimit",
+                    f"--nofile={limit}:{limit}",
+                    *procs.ns_argv(
+                        self.ns_bgw, [agent_bin(), "run", "--config", str(self.bgw_config_path)]
+                    ),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=limits,
                 start_new_session=True,
                 env=env,
             )
