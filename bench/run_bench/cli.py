@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from run_bench.results import RESULTS_DIR, SCENARIOS, Progress, ScenarioResult, warn
+from run_bench.results import RESULTS_DIR, SCENARIOS, STANDALONE, Progress, ScenarioResult, warn
 
-# Run order: the ceiling removes the link emulation, so it goes last.
+# Run order: the ceiling removes the link emulation, so it goes last among the lab scenarios;
+# the standalone ones (own namespaces, no netns lab) run after the lab is down.
 ORDER = (
     "fig8_aggregation",
     "fig9_cell_rtt",
@@ -18,6 +19,8 @@ ORDER = (
     "many_flows",
     "latency",
     "datapath_ceiling",
+    "fleet_scale",
+    "fairness",
 )
 
 
@@ -33,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cc", default="cubic", help="end hosts' TCP congestion control (iperf3 -C)")
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--fleet-sizes", default=None, help="fleet_scale: comma-separated N (default 1000,10000)"
+    )
+    p.add_argument("--fleet-workers", type=int, default=None, help="fleet_scale: tunnel.workers")
+    p.add_argument("--fleet-offload", default=None, help="fleet_scale: tunnel.offload")
     return p
 
 
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtlab import Lab, LabError
 
     from run_bench.contenders import Agents
-    from run_bench.scenarios import RUNNERS, Settings
+    from run_bench.scenarios import RUNNERS, STANDALONE_RUNNERS, Settings
 
     settings = Settings.make(args.quick, args.reps)
     settings.inner_cc = args.cc
@@ -70,8 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             print("run_bench: --seconds must be >= 2", file=sys.stderr)
             return 2
         settings.transfer_seconds = args.seconds
+    if args.fleet_sizes:
+        try:
+            settings.fleet_sizes = [int(x) for x in args.fleet_sizes.split(",") if x]
+        except ValueError:
+            print("run_bench: --fleet-sizes takes integers, e.g. 1000,10000", file=sys.stderr)
+            return 2
+    settings.fleet_workers = args.fleet_workers
+    settings.fleet_offload = args.fleet_offload
     chosen = [s for s in ORDER if s in chosen]
     progress = Progress(sum(settings.steps(s) for s in chosen))
+    lab_scenarios = [s for s in chosen if s not in STANDALONE]
     lab = Lab()
     print(
         f"run_bench: {'quick' if settings.quick else 'full'} run, {settings.reps} repetition(s),"
@@ -81,34 +98,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.monotonic()
     failed: list[str] = []
+
+    def save(res: ScenarioResult) -> None:
+        res.write(args.out)
+
+    def finish(res: ScenarioResult) -> None:
+        path = res.write(args.out)
+        for note in res.notes:
+            progress.info(note)
+        progress.info(f"wrote {path}")
+
     try:
-        lab.up(agents=False)
-        agents = Agents(lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms)
-
-        def save(res: ScenarioResult) -> None:
-            res.write(args.out)
-
-        for scenario in chosen:
+        if lab_scenarios:
+            try:
+                lab.up(agents=False)
+                agents = Agents(lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms)
+                for scenario in lab_scenarios:
+                    print(f"== {scenario}", flush=True)
+                    try:
+                        res = RUNNERS[scenario](lab, agents, settings, progress, save)
+                    except LabError as exc:
+                        warn(f"{scenario} failed: {exc}")
+                        failed.append(scenario)
+                        continue
+                    finish(res)
+            finally:
+                if not args.keep_lab:
+                    lab.down()
+        for scenario in (s for s in chosen if s in STANDALONE):
             print(f"== {scenario}", flush=True)
             try:
-                res = RUNNERS[scenario](lab, agents, settings, progress, save)
-            except LabError as exc:
+                res = STANDALONE_RUNNERS[scenario](settings, progress, save)
+            except (LabError, OSError, RuntimeError) as exc:
                 warn(f"{scenario} failed: {exc}")
                 failed.append(scenario)
                 continue
-            path = res.write(args.out)
-            for note in res.notes:
-                progress.info(note)
-            progress.info(f"wrote {path}")
+            finish(res)
     except KeyboardInterrupt:
         warn("interrupted")
         return 130
     except LabError as exc:
         warn(str(exc))
         return 1
-    finally:
-        if not args.keep_lab:
-            lab.down()
     print(f"wrote {report.write(args.out)} ({time.monotonic() - t0:.0f} s)", flush=True)
     if failed:
         warn(f"failed scenarios: {', '.join(failed)}")

@@ -66,6 +66,7 @@ CLONE_NEWNET = 0x40000000
 DEFAULT_SEED = "mt-loadgen"
 DEFAULT_PREFIX_BASE = "10.128.0.0/9"
 ICMP_IDENT = 0x4D54  # "MT"
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, in front of every frame when offload is negotiated
 
 # ---------------------------------------------------------------------------- fleet definition
 
@@ -392,6 +393,7 @@ class _Conn:
         "seq",
         "traffic",
         "events",
+        "vnet",
     )
 
     def __init__(self, spec: CpeSpec, idx: int, traffic: bool) -> None:
@@ -412,6 +414,7 @@ class _Conn:
         self.seq = 0
         self.traffic = traffic
         self.events = 0
+        self.vnet = 0  # vnet header bytes per frame in this session (0 or VNET_HDR_LEN)
 
 
 class LoadGen:
@@ -440,6 +443,7 @@ class LoadGen:
         reconnect_max_s: float = 30.0,
         max_frame_bytes: int = 4096,
         reconnect: bool = True,
+        offer_offload: bool = False,
     ) -> None:
         self.cpes = cpes
         self.target = (target[0], int(target[1]))
@@ -454,6 +458,7 @@ class LoadGen:
         self.reconnect_max_s = reconnect_max_s
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
+        self.offer = hs.Feature.VNET_HDR if offer_offload else hs.Feature.NONE
         self.conns = [
             _Conn(c, i, traffic_every > 0 and i % traffic_every == 0) for i, c in enumerate(cpes)
         ]
@@ -489,6 +494,7 @@ class LoadGen:
         self.frames_ignored = 0
         self.loop_turns = 0
         self.loop_max_lag_s = 0.0
+        self.offload_sessions = 0
 
     # ------------------------------------------------------------------ public API
     def start(self) -> None:
@@ -571,6 +577,7 @@ class LoadGen:
             "echo_replies_rx": self.echo_replies_rx,
             "packets_rx": self.packets_rx,
             "loop_max_lag_s": round(self.loop_max_lag_s, 3),
+            "offload_sessions": self.offload_sessions,
         }
         if self.phase_all_up is not None:
             secs = self.phase_all_up - self.phase_start
@@ -699,7 +706,8 @@ class LoadGen:
             elif kind == T_SESSION:
                 self._session_timer(c, now)
             elif kind == T_TRAFFIC and c.state == UP:
-                self._send(c, icmp_echo(c.spec.address, self.traffic_dst, c.seq), now)
+                pkt = icmp_echo(c.spec.address, self.traffic_dst, c.seq)
+                self._send(c, bytes(c.vnet) + pkt if c.vnet else pkt, now)
                 c.seq += 1
                 self.packets_tx += 1
                 self._timer(now + self.traffic_interval_s, T_TRAFFIC, c)
@@ -713,7 +721,9 @@ class LoadGen:
         idle = now - c.last_tx
         if idle >= self.keepalive_s:
             self.keepalive_late_max_s = max(self.keepalive_late_max_s, idle - self.keepalive_s)
-            self._send(c, framing.encode_control(framing.ControlType.KEEPALIVE), now)
+            self._send(
+                c, framing.encode_control(framing.ControlType.KEEPALIVE, vnet_hdr_len=c.vnet), now
+            )
             self.keepalives_tx += 1
         self._timer(min(c.last_tx + self.keepalive_s, c.last_rx + self.dead_after_s), T_SESSION, c)
 
@@ -840,14 +850,17 @@ class LoadGen:
                 self._send(
                     c,
                     hs.encode_hello(
-                        c.spec.id, c.spec.secret, c.server_nonce, c.client_nonce, hs.Feature.NONE
+                        c.spec.id, c.spec.secret, c.server_nonce, c.client_nonce, self.offer
                     ),
                     now,
                 )
                 continue
             if mtype != hs.MsgType.WELCOME:
                 raise hs.HandshakeError("bad_message", f"expected WELCOME, got {mtype.name}")
-            hs.decode_welcome(body, c.spec.id, c.spec.secret, c.server_nonce, c.client_nonce)
+            welcome = hs.decode_welcome(
+                body, c.spec.id, c.spec.secret, c.server_nonce, c.client_nonce
+            )
+            c.vnet = VNET_HDR_LEN if welcome.features & self.offer & hs.Feature.VNET_HDR else 0
             self._up(c, now)
             if c.rbuf:  # stream bytes right behind the WELCOME
                 assert c.parser is not None
@@ -866,14 +879,18 @@ class LoadGen:
                     self.frames_ignored += 1
             else:
                 self.packets_rx += 1
-                if _is_echo_reply(memoryview(f)):
+                if _is_echo_reply(memoryview(f)[c.vnet :]):
                     self.echo_replies_rx += 1
                     c.events += 1
 
     def _up(self, c: _Conn, now: float) -> None:
         c.state = UP
         c.attempt = 0
-        c.parser = framing.StreamParser(max_frame_bytes=self.max_frame_bytes, bufsize=0)
+        c.parser = framing.StreamParser(
+            max_frame_bytes=self.max_frame_bytes, vnet_hdr_len=c.vnet, bufsize=0
+        )
+        if c.vnet:
+            self.offload_sessions += 1
         c.last_rx = c.last_tx = now
         self._inflight -= 1
         self.handshakes_ok += 1
@@ -1023,6 +1040,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--storm", action="store_true", help="drop all at once, time the return")
         sp.add_argument("--storm-timeout", type=float, default=120.0)
         sp.add_argument("--json", default=None, help="also write the report here")
+        sp.add_argument(
+            "--offer-offload", action="store_true", help="offer VNET_HDR (TUN offload) in HELLO"
+        )
 
     r = sub.add_parser("run", help="play N CPEs against a running BGW")
     fleet_args(r)
@@ -1066,6 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
             traffic_every=args.traffic_every,
             traffic_dst=args.traffic_dst,
             max_inflight=args.max_inflight,
+            offer_offload=args.offer_offload,
         )
         try:
             out = run_phases(
@@ -1101,6 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
                 keepalive_s=args.keepalive_s,
                 traffic_every=args.traffic_every,
                 max_inflight=args.max_inflight,
+                offer_offload=args.offer_offload,
             )
             try:
                 out = run_phases(

@@ -86,6 +86,39 @@ def _simple_table(data: dict[str, Any], extra: list[tuple[str, str]]) -> list[st
     return lines
 
 
+FLEET_COLUMNS = (
+    ("sessions", "sessions", 0),
+    ("setup_per_s", "setup /s", 0),
+    ("rss_mib", "RSS MiB", 0),
+    ("pss_mib", "PSS MiB", 0),
+    ("fds", "fds", 0),
+    ("idle_cpu_pct", "idle CPU %", 1),
+    ("reload_s", "reload s", 2),
+    ("reload_dropped", "dropped by reload", 0),
+    ("storm_s", "storm s", 1),
+    ("stop_s", "stop s", 1),
+    ("bgw_start_s", "start s", 1),
+)
+
+
+def _fleet_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| CPEs | " + " | ".join(h for _, h, _ in FLEET_COLUMNS) + " | missed targets |",
+        "|---:|" + "---:|" * len(FLEET_COLUMNS) + "---|",
+    ]
+    for p in data["points"]:
+        missed = [k for k, ok in (p.get("targets_met") or {}).items() if ok is False]
+        cells = [
+            _fmt(p.get(k), nd) if isinstance(p.get(k), float) else _fmt(p.get(k))
+            for k, _, nd in FLEET_COLUMNS
+        ]
+        note = ", ".join(missed) or "none"
+        if p.get("error"):
+            note += f"; error: {p['error'][:120]}"
+        lines.append(f"| {p['x']} | " + " | ".join(cells) + f" | {note} |")
+    return lines
+
+
 def markdown(out_dir: Path) -> str:
     lines = ["# Benchmark results", ""]
     lines.append(
@@ -127,6 +160,24 @@ def markdown(out_dir: Path) -> str:
                     f"| {p['contender']} | {p.get('condition')} | {_fmt(p.get('p50_ms'))} |"
                     f" {_fmt(p.get('p99_ms'))} | {_fmt(p.get('min_ms'))} |"
                     f" {_fmt(p.get('mean_mbps'))} |"
+                )
+        elif scenario == "fleet_scale":
+            lines += _fleet_table(data)
+        elif scenario == "fairness":
+            lines += [
+                "| condition | victim Mbit/s (mean ± sd) | ping p50 ms | ping p99 ms |"
+                " hog Mbit/s | BGW CPU % |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for p in data["points"]:
+                hogs = [h for h in p.get("hog_mbps", []) if h is not None]
+                cpus = [c for c in p.get("bgw_cpu_pct", []) if c is not None]
+                hog = max(hogs) if hogs else None
+                cpu = max(cpus) if cpus else None
+                lines.append(
+                    f"| {p.get('condition')} | {_fmt(p['mean_mbps'])} ± {_fmt(p['std_mbps'])} |"
+                    f" {_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} |"
+                    f" {_fmt(hog, 0)} | {_fmt(cpu, 0)} |"
                 )
         else:
             lines += _simple_table(data, [])

@@ -21,7 +21,11 @@ SCENARIOS = (
     "many_flows",
     "datapath_ceiling",
     "latency",
+    "fleet_scale",
+    "fairness",
 )
+# Scenarios that build their own namespaces instead of using the netns lab.
+STANDALONE = ("fleet_scale", "fairness")
 
 
 def now_iso() -> str:

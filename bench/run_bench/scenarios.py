@@ -20,6 +20,8 @@ from run_bench.contenders import (
     series,
     stream_mbps,
 )
+from run_bench.fairness import fairness
+from run_bench.fleet import fleet_scale
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 
 DEFAULT_LINKS = {
@@ -56,6 +58,16 @@ class Settings:
     ooo_timeout_ms: float = 10.0
     inseq_timeout_ms: float = 1.0
     inner_cc: str = "cubic"  # end hosts' TCP (the paper's hosts ran Linux 4.9's default, cubic)
+    fleet_sizes: list[int] = field(default_factory=lambda: [1000, 10000])
+    fleet_keepalive_s: float = 10.0
+    fleet_idle_window_s: float = 30.0
+    fleet_traffic_every: int = 100
+    fleet_workers: int | None = None  # tunnel.workers / tunnel.offload: the agent's default
+    fleet_offload: str | None = None
+    fairness_seconds: int = 20
+    fairness_pings: int = 200
+    fairness_victim_mbit: float = 10.0
+    fairness_delay_ms: float = 25.0
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
@@ -74,6 +86,10 @@ class Settings:
             ceiling_seconds=5,
             latency_pings=60,
             latency_contenders=["fixed-only", "mptcp-tunnel"],
+            fleet_sizes=[1000],
+            fleet_idle_window_s=20.0,
+            fairness_seconds=10,
+            fairness_pings=100,
         )
 
     def steps(self, scenario: str) -> int:
@@ -85,6 +101,8 @@ class Settings:
             "many_flows": len(self.flows) * len(self.flows_contenders) * r,
             "datapath_ceiling": 3 * r,
             "latency": 2 * len(self.latency_contenders),
+            "fleet_scale": len(self.fleet_sizes),
+            "fairness": 2 * r,
         }[scenario]
 
 
@@ -570,4 +588,12 @@ RUNNERS: dict[str, Runner] = {
     "many_flows": many_flows,
     "latency": latency,
     "datapath_ceiling": datapath_ceiling,
+}
+
+
+# Scenarios with their own namespaces (no netns lab): run after the lab is down.
+StandaloneRunner = Callable[[Settings, Progress, Callable[[ScenarioResult], None]], ScenarioResult]
+STANDALONE_RUNNERS: dict[str, StandaloneRunner] = {
+    "fleet_scale": fleet_scale,
+    "fairness": fairness,
 }
