@@ -121,25 +121,11 @@ def measure(
             point |= {k: usage[k] for k in ("fds", "max_fds_one_process", "processes", "threads")}
             if lg.n_up:
                 point["pss_kib_per_session"] = round(usage["pss_mib"] * 1024 / lg.n_up, 1)
-            if "error" in point or not fl.bgw_alive():
+            if not fl.bgw_alive():
                 point.setdefault("error", "BGW exited")
                 return point
-            # idle window
-            drops0, cpu0, t0 = sum(lg.drops.values()), _cpu_self(), time.monotonic()
-            point["idle_cpu_pct"] = cpu_percent(fl.bgw_pids(), idle_window_s)
-            point["idle_window_s"] = idle_window_s
-            point["loadgen_cpu_pct"] = round(
-                100 * (_cpu_self() - cpu0) / (time.monotonic() - t0), 1
-            )
-            point["idle_drops"] = sum(lg.drops.values()) - drops0
-            log(f"fleet {n}: idle BGW CPU {point['idle_cpu_pct']} % of one core")
-            _reload(fl, lg, point, cpes, extra, cfg_args, keepalive_s, log)
-            try:
-                point["storm_s"] = round(lg.storm(max(120.0, n / 50)), 3)
-                log(f"fleet {n}: storm: all back in {point['storm_s']} s")
-            except TimeoutError as exc:
-                point["error"] = f"storm: {exc}"
-            point["storm_sessions"] = lg.n_up
+            if "error" not in point:
+                _steady(fl, lg, point, cpes, extra, cfg_args, keepalive_s, idle_window_s, log)
             point["loadgen"] = lg.stats()
             point["stop_s"], point["stop_rc"] = fl.stop_bgw(timeout=max(60.0, 0.02 * n))
             log(f"fleet {n}: SIGTERM -> exit in {point['stop_s']} s (rc {point['stop_rc']})")
@@ -148,6 +134,34 @@ def measure(
             point.setdefault("loadgen", lg.stats())
             point["bgw_log_tail"] = fl.tail(8).splitlines()
     return point
+
+
+def _steady(
+    fl: FleetLab,
+    lg: LoadGen,
+    point: dict[str, Any],
+    cpes: list[Any],
+    extra: list[Any],
+    cfg_args: dict[str, Any],
+    keepalive_s: float,
+    idle_window_s: float,
+    log: Callable[[str], None],
+) -> None:
+    """With all sessions up: idle window, reload, storm."""
+    n = len(cpes)
+    drops0, cpu0, t0 = sum(lg.drops.values()), _cpu_self(), time.monotonic()
+    point["idle_cpu_pct"] = cpu_percent(fl.bgw_pids(), idle_window_s)
+    point["idle_window_s"] = idle_window_s
+    point["loadgen_cpu_pct"] = round(100 * (_cpu_self() - cpu0) / (time.monotonic() - t0), 1)
+    point["idle_drops"] = sum(lg.drops.values()) - drops0
+    log(f"fleet {n}: idle BGW CPU {point['idle_cpu_pct']} % of one core")
+    _reload(fl, lg, point, cpes, extra, cfg_args, keepalive_s, log)
+    try:
+        point["storm_s"] = round(lg.storm(max(120.0, n / 50)), 3)
+        log(f"fleet {n}: storm: all back in {point['storm_s']} s")
+    except TimeoutError as exc:
+        point["error"] = f"storm: {exc}"
+    point["storm_sessions"] = lg.n_up
 
 
 def _reload(
@@ -162,7 +176,7 @@ def _reload(
 ) -> None:
     """Add one CPE to the config, SIGHUP, time it; no session may drop; the new CPE comes up."""
     n = len(cpes)
-    seen = fl.log_text().count("config reloaded")
+    offset = fl.log_size()
     fl.write_bgw_config(bgw_config(cpes + extra, fl.bgw_addr, **cfg_args))
     drops0 = sum(lg.drops.values())
     tun = f"mt-{extra[0].id}"
@@ -170,13 +184,15 @@ def _reload(
     fl.sighup()
     deadline = t0 + max(60.0, n / 100)
     reload_s = tun_s = None
+    turn = 0
     while time.monotonic() < deadline and (reload_s is None or tun_s is None):
-        if reload_s is None and fl.log_text().count("config reloaded") > seen:
+        if reload_s is None and "config reloaded" in fl.log_from(offset):
             reload_s = round(time.monotonic() - t0, 3)
-        if tun_s is None and fl.has_link(tun):
+        if tun_s is None and turn % 5 == 0 and fl.has_link(tun):  # a process each: not too often
             tun_s = round(time.monotonic() - t0, 3)
         if not fl.bgw_alive():
             break
+        turn += 1
         time.sleep(0.02)
     point["reload_s"], point["reload_tun_s"] = reload_s, tun_s
     if reload_s is None:

@@ -839,7 +839,7 @@ class LoadGen:
             body = bytes(c.rbuf[hs.HEADER.size : hs.HEADER.size + length])
             del c.rbuf[: hs.HEADER.size + length]
             if mtype == hs.MsgType.REJECT:
-                self._fail(c, "rejected", now)
+                self._fail(c, f"rejected: {hs.decode_reject(body)[:60]}", now)
                 return
             if c.state == CHALLENGE:
                 if mtype != hs.MsgType.CHALLENGE:
