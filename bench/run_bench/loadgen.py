@@ -535,14 +535,15 @@ class LoadGen:
 
     def stop(self) -> None:
         """Close every connection and end the loop thread (idempotent)."""
-        if self._thread is None:
-            return
-        self._command("stop", None)
-        self._thread.join(30)
-        self._thread = None
+        if self._thread is not None:
+            self._command("stop", None)
+            self._thread.join(30)
+            self._thread = None
         for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> LoadGen:
         self.start()
