@@ -31,7 +31,9 @@ from mtlab.fleetlab import FleetLab
 from run_bench.loadgen import LoadGen, bgw_config, bgw_usage, cpu_percent, fleet
 from run_bench.results import Progress, ScenarioResult, warn
 
-UNIT = Path(__file__).resolve().parents[2] / "roles/mptcp_tunnel/templates/mptcp-tunnel.service.j2"
+ROLE = Path(__file__).resolve().parents[2] / "roles/mptcp_tunnel"
+UNIT = ROLE / "templates/mptcp-tunnel.service.j2"
+DEFAULTS = ROLE / "defaults/main.yml"
 PORT = 7440
 TARGETS = {
     "setup_per_s": (">=", 500.0),
@@ -44,12 +46,20 @@ TARGETS = {
 
 
 def unit_stop_timeout_s(default: float = 90.0) -> float:
-    """``TimeoutStopSec`` of the agent's systemd unit (the role's template), else systemd's 90 s."""
+    """``TimeoutStopSec`` of the agent's systemd unit (the role's template, or the role default
+    it names), else systemd's default 90 s."""
     try:
-        m = re.search(r"^TimeoutStopSec=(\d+)", UNIT.read_text(), re.MULTILINE)
-    except OSError:
+        m = re.search(r"^TimeoutStopSec=\s*(.+?)\s*$", UNIT.read_text(), re.MULTILINE)
+        if m is None:
+            return default
+        value = m.group(1)
+        var = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value)
+        if var:
+            found = re.search(rf"^{var.group(1)}:\s*(\d+)", DEFAULTS.read_text(), re.MULTILINE)
+            return float(found.group(1)) if found else default
+        return float(value)
+    except (OSError, ValueError):
         return default
-    return float(m.group(1)) if m else default
 
 
 def targets(point: dict[str, Any], stop_timeout: float) -> dict[str, bool | None]:
