@@ -484,6 +484,7 @@ class LoadGen:
         self.handshakes_ok = 0
         self.failures: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.drops_by_phase: Counter[str] = Counter()
         self.storm_closed = 0
         self.keepalives_tx = 0
         self.keepalives_rx = 0
@@ -569,6 +570,7 @@ class LoadGen:
             "handshake_failures_by_reason": dict(self.failures),
             "drops": sum(self.drops.values()),
             "drops_by_reason": dict(self.drops),
+            "drops_by_phase": dict(self.drops_by_phase),
             "storm_closed": self.storm_closed,
             "keepalives_tx": self.keepalives_tx,
             "keepalives_rx": self.keepalives_rx,
@@ -921,6 +923,7 @@ class LoadGen:
     def _drop(self, c: _Conn, reason: str, now: float) -> None:
         """An established session that ended without us asking."""
         self.drops[reason] += 1
+        self.drops_by_phase[self.phase] += 1
         self._reset(c)
         self._schedule_reconnect(c, now)
 
