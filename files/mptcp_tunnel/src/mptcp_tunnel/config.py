@@ -296,18 +296,45 @@ def _bgw(sec: _Section, base_dir: Path) -> BgwSettings:
         cs.finish()
     bgw = BgwSettings(listen_address=sec.address("listen_address"), cpes=tuple(cpes))  # type: ignore[arg-type]
     sec.finish()
-    ids = [c.id for c in cpes]
-    for cpe_id in ids:
-        if ids.count(cpe_id) > 1:
-            raise ConfigError(f"{sec.key('cpes')}: duplicate CPE id {cpe_id!r}")
-    owned = [(net, c.id) for c in cpes for net in c.prefixes]
-    for i, (net_a, id_a) in enumerate(owned):
-        for net_b, id_b in owned[i + 1 :]:
-            if net_a.version == net_b.version and net_a.overlaps(net_b):
-                raise ConfigError(
-                    f"{sec.key('cpes')}: prefix {net_a} of {id_a!r} overlaps {net_b} of {id_b!r}"
-                )
+    _check_unique_ids(sec, cpes)
+    _check_no_overlaps(sec, cpes)
     return bgw
+
+
+def _check_unique_ids(sec: _Section, cpes: list[CpeEntry]) -> None:
+    """Duplicate CPE ids, in one pass (a BGW serves thousands of CPEs)."""
+    seen: set[str] = set()
+    for cpe in cpes:
+        if cpe.id in seen:
+            raise ConfigError(f"{sec.key('cpes')}: duplicate CPE id {cpe.id!r}")
+        seen.add(cpe.id)
+
+
+def _check_no_overlaps(sec: _Section, cpes: list[CpeEntry]) -> None:
+    """Overlapping prefixes (between CPEs or within one), O(n log n).
+
+    Per address family the prefixes are sorted by first address (the shorter prefix first on a tie).
+    Two CIDR prefixes overlap only if one contains the other, so a prefix overlaps some earlier one
+    exactly when its first address is not above the highest last address seen so far, and the
+    prefix that reached that address contains it. The message names the earlier of the two in the file.
+    """
+    # (first address, prefix length, position in the file, prefix, CPE id) per address family
+    owned: dict[int, list[tuple[int, int, int, IPNetwork, str]]] = {4: [], 6: []}
+    for cpe in cpes:
+        for net in cpe.prefixes:
+            owned[net.version].append(
+                (int(net.network_address), net.prefixlen, len(owned[4]) + len(owned[6]), net, cpe.id)
+            )
+    for entries in owned.values():
+        entries.sort()
+        reach, holder = -1, None  # the highest last address so far, and the prefix that reached it
+        for entry in entries:
+            if holder is not None and entry[0] <= reach:
+                a, b = (holder, entry) if holder[2] < entry[2] else (entry, holder)
+                raise ConfigError(f"{sec.key('cpes')}: prefix {a[3]} of {a[4]!r} overlaps {b[3]} of {b[4]!r}")
+            last = int(entry[3].broadcast_address)
+            if last > reach:
+                reach, holder = last, entry
 
 
 def _listen(sec: _Section) -> tuple[str, int] | None:
