@@ -99,10 +99,17 @@ ETH_HEADER = 14
 
 
 def capture(port: int, count: int) -> None:
-    """Whole IP packets to UDP ``port`` as seen on eth0, headers byte for byte."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+    """Whole IP packets to UDP ``port`` as seen on eth0, headers byte for byte; then one line
+    ``received N``: datagrams a UDP socket on ``port`` accepted (their checksums were right)."""
+    with (
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sink,
+    ):
         s.bind(("eth0", 0))
         s.settimeout(20)
+        sink.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sink.bind(("::", port))
+        sink.setblocking(False)
         print("ready", flush=True)
         seen = 0
         while seen < count:
@@ -119,6 +126,15 @@ def capture(port: int, count: int) -> None:
             if len(udp) >= 4 and struct.unpack("!H", udp[2:4])[0] == port:
                 print(ip.hex(), flush=True)
                 seen += 1
+        received = 0
+        sink.settimeout(1)
+        try:
+            while received < count:
+                sink.recv(2048)
+                received += 1
+        except TimeoutError:
+            pass
+        print(f"received {received}", flush=True)
 
 
 def udp_tos(host: str, port: int, tos: int) -> None:
