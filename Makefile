@@ -15,7 +15,7 @@ APT_STAMP := $(VENV)/.apt-installed
 PIP_STAMP := $(VENV)/.pip-installed
 PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
 
-.PHONY: setup demo demo-netns test lint unit lab-test molecule bench bench-quick lab-up lab-down clean
+.PHONY: setup demo demo-netns test lint unit fleet-test lab-test molecule bench bench-quick lab-up lab-down clean
 
 setup: $(PIP_STAMP)
 
@@ -35,12 +35,17 @@ $(PIP_STAMP): $(APT_STAMP) $(PIP_REQS)
 
 lint: setup
 	cd files/mptcp_tunnel && $(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests && $(BIN)/mypy src
-	$(BIN)/ruff check lab bench
+	$(BIN)/ruff check lab bench tests roles
+	$(BIN)/ruff format --check tests roles
 	@if [ -x $(BIN)/yamllint ]; then $(BIN)/yamllint -s .; fi
 	@if [ -d roles ] && [ -n "$$(ls roles)" ] && [ -x $(BIN)/ansible-lint ]; then $(BIN)/ansible-lint --profile production; fi
 
 unit: setup
 	cd files/mptcp_tunnel && $(BIN)/pytest -q
+
+# The role's fleet assembly and checks on generated inventories (check mode against this machine, ~2 min).
+fleet-test: setup
+	$(BIN)/pytest -q tests/fleet
 
 lab-test: setup
 	$(BIN)/pytest -q lab/tests
@@ -48,7 +53,7 @@ lab-test: setup
 molecule: setup
 	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
 
-test: lint unit lab-test molecule
+test: lint unit fleet-test lab-test molecule
 
 # The main job: podman lab fleet deployed with `ansible-playbook -i inventory/lab site.yml`, measured.
 demo: setup

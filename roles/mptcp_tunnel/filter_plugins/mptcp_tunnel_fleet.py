@@ -109,7 +109,10 @@ def _parallel(read: Callable[[str], tuple[Any, ...]], hosts: list[str]) -> list[
 
 
 def _read_cpe(hostvars: Mapping[str, Any], host: str) -> tuple[Any, ...]:
-    """One CPE as plain data: ("orphan", text) | ("missing", bgw, text) | ("cpe", bgw, id, secret, prefixes)."""
+    """One CPE as plain data.
+
+    ("orphan", None, text) | ("missing", bgw, text) | ("cpe", bgw, id, secret, prefixes)
+    """
     hv = _HostReader(hostvars, host)
     bgw = hv.get("mptcp_tunnel_cpe_bgw")
     if bgw is None or str(bgw) == "":
@@ -166,7 +169,8 @@ def mptcp_tunnel_orphan_cpes(
     bgws = {str(b) for b in bgw_hosts}
     hosts = [str(h) for h in cpe_hosts]
     problems = []
-    for host, (bgw,) in zip(hosts, _parallel(functools.partial(_read_bgw_name, hostvars), hosts), strict=True):
+    names = _parallel(functools.partial(_read_bgw_name, hostvars), hosts)
+    for host, (bgw,) in zip(hosts, names, strict=True):
         if bgw is None or str(bgw) == "":
             problems.append(f"CPE {host} has no mptcp_tunnel_cpe_bgw")
         elif str(bgw) not in bgws:
@@ -209,9 +213,8 @@ def mptcp_tunnel_prefix_problems(cpes: Iterable[Mapping[str, Any]]) -> list[str]
         for entry in entries:
             if holder is not None and entry[0] <= reach:
                 later, earlier = (entry, holder) if entry[2] > holder[2] else (holder, entry)
-                overlaps.append(
-                    (later[2], f"prefix {later[3]} of CPE {later[4]} overlaps {earlier[3]} of CPE {earlier[4]}")
-                )
+                text = f"prefix {later[3]} of CPE {later[4]} overlaps {earlier[3]} of CPE {earlier[4]}"
+                overlaps.append((later[2], text))
             last = int(entry[3].broadcast_address)
             if last > reach:
                 reach, holder = last, entry
