@@ -13,6 +13,7 @@ and the fleet tests use it; ``add_cpe`` adds one more CPE to an existing directo
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -47,6 +48,12 @@ def _secret(i: int) -> str:
     return f"fleet-secret-{i:05d}-{(i * 2654435761) % 2**32:08x}"
 
 
+def cpe_prefixes(i: int) -> list[str]:
+    """CPE i's LAN prefixes: one IPv4 /24, one IPv6 /64."""
+    hi, lo = divmod(i, 256)
+    return [f"10.{hi}.{lo}.0/24", f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64"]
+
+
 def cpe_vars(i: int, bgw: str, secret_yaml: str) -> str:
     """host_vars/<cpe>.yml of CPE i, as YAML text (the layout of inventory/example/host_vars)."""
     hi, lo = divmod(i, 256)
@@ -55,8 +62,7 @@ def cpe_vars(i: int, bgw: str, secret_yaml: str) -> str:
         f"mptcp_tunnel_cpe_id: {cpe_name(i)}\n"
         f"mptcp_tunnel_cpe_bgw: {bgw}\n"
         f"mptcp_tunnel_cpe_secret: {secret_yaml}\n"
-        f'mptcp_tunnel_cpe_prefixes: ["10.{hi}.{lo}.0/24", '
-        f'"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64"]\n'
+        f"mptcp_tunnel_cpe_prefixes: {json.dumps(cpe_prefixes(i))}\n"
         "mptcp_tunnel_cpe_policy: aggregate\n"
         "mptcp_tunnel_cpe_links:\n"
         "  - {name: fixed, kind: fixed, interface: eth1, "
