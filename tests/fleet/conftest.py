@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible.plugins.loader import init_plugin_loader
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "roles" / "mptcp_tunnel" / "filter_plugins"))
 BIN = Path(sys.executable).parent
 VAULT_PASSWORD = b"fleet-test-password"
+init_plugin_loader()  # as the ansible CLIs do: collections (e.g. ansible.builtin.constructed) resolve
 
 
 @pytest.fixture(scope="session")
