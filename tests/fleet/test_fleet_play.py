@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,27 +91,32 @@ def diff_lines(stdout: str, task: str) -> list[str]:
     ]
 
 
-def test_incremental_check_diff_shows_exactly_one_cpe_added(
+def test_incremental_check_diff_shows_exactly_the_cpe_added_or_removed(
     tmp_path: Path, wheel_dir: Path, vault_file: Path
 ) -> None:
-    """Deployed state = what the play renders for the fleet; then one CPE is added (vaulted secret)."""
+    """A deployed BGW of N CPEs; then one CPE removed, or one added (vaulted secret), in check mode.
+
+    The deployed CPE list is written in its documented format (`id prefixes`, sorted by id): a play
+    that rendered it any differently would show far more than the one line asserted below.
+    """
     inventory, target = tmp_path / "inventory", tmp_path / "target"
     fleetgen.generate(inventory, N, bgws=1, vault_password=VAULT_PASSWORD, local_bgw=True)
     task = "List the CPEs this BGW serves (no secrets; shown by --diff)"
-
-    first = bgw_play(inventory, target, wheel_dir, vault_file, "--diff")
-    assert first.returncode == 0, first.stdout[-3000:]
-    rendered = diff_lines(first.stdout, task)
-    assert [line for line in rendered if not line.startswith("+cpe-")] == []
-    assert len(rendered) == N
     (target / "etc").mkdir(parents=True)
     deployed = target / "etc" / "cpes.txt"
-    deployed.write_text("".join(line[1:] + "\n" for line in rendered))
+    lines = sorted(f"{fleetgen.cpe_name(i)} {' '.join(fleetgen.cpe_prefixes(i))}" for i in range(1, N + 1))
+    deployed.write_text("".join(f"{line}\n" for line in lines))
     deployed.chmod(0o640)
 
-    again = bgw_play(inventory, target, wheel_dir, vault_file, "--diff")
-    assert again.returncode == 0, again.stdout[-3000:]
-    assert diff_lines(again.stdout, task) == []  # deployed == inventory: no change shown
+    # one CPE removed from (a copy of) the inventory: exactly its line goes, nothing else changes
+    smaller = tmp_path / "inventory-minus-one"
+    shutil.copytree(inventory, smaller)
+    hosts = smaller / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("        cpe-00150: {ansible_host: 192.0.2.1}\n", ""))
+    (smaller / "host_vars" / "cpe-00150.yml").unlink()
+    removed = bgw_play(smaller, target, wheel_dir, vault_file, "--diff", "--limit", "bgw-01")
+    assert removed.returncode == 0, removed.stdout[-3000:]
+    assert diff_lines(removed.stdout, task) == ["-cpe-00150 10.0.150.0/24 2001:db8:0:96::/64"]
 
     fleetgen.add_cpe(inventory, N + 1, "bgw-01", VAULT_PASSWORD)
     added = bgw_play(
@@ -120,5 +126,5 @@ def test_incremental_check_diff_shows_exactly_one_cpe_added(
     assert diff_lines(added.stdout, task) == [
         f"+cpe-00{N + 1} 10.1.{N + 1 - 256}.0/24 2001:db8:0:{N + 1:x}::/64"
     ]
-    assert "fleet-secret-" not in added.stdout  # secrets never appear, not even in the diff
+    assert "fleet-secret-" not in added.stdout + removed.stdout  # secrets never appear, not even in a diff
     assert f"serving {N + 1} CPE(s)" in failure(added.stdout)
