@@ -19,6 +19,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 from ansible.parsing.yaml.objects import AnsibleVaultEncryptedUnicode
 from ansible.utils.unsafe_proxy import wrap_var
+from ansible.vars.hostvars import HostVarsVars
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_LISTED = 10  # problems named in one message; the rest are counted
@@ -49,13 +50,20 @@ class _HostReader:
         self.raw: Mapping[str, Any] = raw_get(host) if raw_get is not None else hostvars[host]
         self._templated: Mapping[str, Any] | None = None
 
+    def _templating_view(self) -> Mapping[str, Any]:
+        """What `hostvars[host]` gives (HostVarsVars over the host's raw vars), without reading them again."""
+        loader = getattr(self.hostvars, "_loader", None)
+        if loader is not None and hasattr(self.hostvars, "raw_get"):
+            return HostVarsVars(self.raw, loader=loader)
+        return self.hostvars[self.host]
+
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self.raw:
             return default
         value = self.raw[key]
         if not _plain(value):
             if self._templated is None:
-                self._templated = self.hostvars[self.host]
+                self._templated = self._templating_view()
             value = self._templated.get(key, default)
         if isinstance(value, AnsibleVaultEncryptedUnicode):
             return value.data  # the one decryption of this value
