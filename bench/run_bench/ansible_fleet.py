@@ -109,6 +109,7 @@ def measure(n: int, work: Path) -> dict[str, Any]:
     play = [str(BIN / "ansible-playbook"), *inv, "playbooks/bgw.yml", "--check", *vault, *extra]
 
     point: dict[str, Any] = {"cpes": n, "bgws": 1, "vaulted_secrets": True}
+    point["loadavg_1m_before"] = round(os.getloadavg()[0], 2)  # other jobs on the machine
     point["generate_s"] = round(generate_s, 1)
     point["inventory"], _ = timed([str(BIN / "ansible-inventory"), *inv, "--list", *vault], env)
     point["bgw_play"], out = timed(play, env)
@@ -138,6 +139,7 @@ def measure(n: int, work: Path) -> dict[str, Any]:
     timed([*render, *vault, "-e", "bgw=bgw-01", "-e", f"dest={config}"], env)
     point["check_config"], _ = timed([str(BIN / "mptcp-tunnel"), "check-config", str(config)])
     point["check_config"]["config_bytes"] = config.stat().st_size
+    point["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     shutil.rmtree(fleet)
     return point
 
