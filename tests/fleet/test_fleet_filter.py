@@ -5,12 +5,14 @@ No mocks: a counting wrapper around the real VaultLib.decrypt only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import mptcp_tunnel_fleet as fleet_filter
 import pytest
 from ansible.constants import DEFAULT_VAULT_ID_MATCH
+from ansible.errors import AnsibleFilterError
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.vault import VaultLib, VaultSecret
@@ -71,6 +73,20 @@ def test_reading_in_parallel_gives_the_same_fleet_in_the_same_order(tmp_path: Pa
     assert fleet_filter.mptcp_tunnel_orphan_cpes(hostvars, cpes, bgws[:2])[:1] == [
         "CPE cpe-00003 is assigned to BGW bgw-03, which is not in the inventory"
     ]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no reader processes")
+def test_an_error_in_a_reader_process_is_a_filter_error_in_the_play() -> None:
+    hosts = [f"h{i}" for i in range(1_200)]
+
+    def read(host: str) -> tuple[str]:
+        if host == "h1199":  # in the last share, read by a forked process
+            raise ValueError("cannot read h1199")
+        return (host,)
+
+    with pytest.raises(AnsibleFilterError, match="^cannot read h1199$"):
+        fleet_filter._parallel(read, hosts)
+    assert fleet_filter._parallel(lambda h: (h,), hosts)[-1] == ("h1199",)
 
 
 def test_templated_host_variables_are_templated_with_the_hosts_vars(tmp_path: Path) -> None:

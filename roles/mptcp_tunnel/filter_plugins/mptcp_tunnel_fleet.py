@@ -89,22 +89,28 @@ def _parallel(read: Callable[[str], tuple[Any, ...]], hosts: list[str]) -> list[
             rfd, wfd = os.pipe()
             pid = os.fork()
             if pid == 0:  # child: read the share, send it, leave without running any cleanup
-                os.close(rfd)
-                try:
-                    payload: tuple[str, Any] = ("ok", [read(h) for h in chunk])
-                except Exception as exc:  # noqa: BLE001 -- reported by the parent as a filter error
-                    payload = ("error", f"{exc}")
-                with os.fdopen(wfd, "wb") as out:
-                    pickle.dump(payload, out)
-                os._exit(0)
+                try:  # whatever happens here, the child never returns into Ansible's code
+                    os.close(rfd)
+                    try:
+                        payload: tuple[str, Any] = ("ok", [read(h) for h in chunk])
+                    except Exception as exc:  # noqa: BLE001 -- reported by the parent as a filter error
+                        payload = ("error", f"{exc}")
+                    with os.fdopen(wfd, "wb") as out:
+                        pickle.dump(payload, out)
+                finally:
+                    os._exit(0)
             os.close(wfd)
             children.append((pid, rfd))
         results = [read(h) for h in chunks[0]]
         for pid, rfd in list(children):
-            with os.fdopen(rfd, "rb") as inp:
-                status, payload = pickle.load(inp)
-            os.waitpid(pid, 0)
             children.remove((pid, rfd))
+            try:
+                with os.fdopen(rfd, "rb") as inp:
+                    status, payload = pickle.load(inp)
+            except (EOFError, pickle.UnpicklingError):
+                status, payload = "error", "a process reading the fleet ended without an answer"
+            finally:
+                os.waitpid(pid, 0)
             if status != "ok":
                 raise AnsibleFilterError(str(payload))
             results += payload
