@@ -43,7 +43,7 @@ lint: setup
 unit: setup
 	cd files/mptcp_tunnel && $(BIN)/pytest -q
 
-# The role's fleet assembly and checks on generated inventories (check mode against this machine, ~2 min).
+# The role's fleet assembly and checks on generated inventories (check mode against this machine, 1-2 min).
 fleet-test: setup
 	$(BIN)/pytest -q tests/fleet
 
