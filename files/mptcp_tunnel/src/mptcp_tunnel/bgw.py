@@ -36,7 +36,10 @@ from mptcp_tunnel.tun import remove_routes as remove_tun_routes
 log = logging.getLogger("mptcp_tunnel.bgw")
 
 HANDSHAKE_TIMEOUT_S = 10.0  # for the whole exchange, not per read
-MAX_PENDING_HANDSHAKES = 4096  # beyond this, new connections are closed at once (flood guard)
+# Beyond this, new connections are closed at once (flood guard). A pending handshake costs ~2 KB here
+# plus its socket: 16 384 of them are ~32 MB, and a whole fleet reconnecting at once fits.
+MAX_PENDING_HANDSHAKES = 16384
+LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 ACCEPT_BUDGET = 128  # accepts per loop turn
 ACCEPT_PAUSE_S = 0.2  # after EMFILE and friends: let sessions and handshakes free fds first
 WORKER_STOP_S = 5.0
@@ -118,7 +121,7 @@ class BgwAgent:
             self._sync_slots(self.cfg.bgw.cpes)
             for handle in self.workers:
                 self._spawn(handle)
-            listener.listen(4096)
+            listener.listen(LISTEN_BACKLOG)
             listener.setblocking(False)
             self.loop.wake_on_signals()
             self.loop.register(listener.fileno(), IN, self._on_listener)

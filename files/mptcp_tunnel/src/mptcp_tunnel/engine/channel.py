@@ -8,14 +8,57 @@ from __future__ import annotations
 
 import json
 import socket
+from collections import deque
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 4
 
 
+BUFFER_BYTES = 8 << 20  # a storm of 10 000 "ended" messages must not fill it (~100 bytes each)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
 def pair() -> tuple[socket.socket, socket.socket]:
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (a, b):
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:  # beyond net.core.*mem_max needs CAP_NET_ADMIN, which the agent has
+                sock.setsockopt(socket.SOL_SOCKET, force, BUFFER_BYTES)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER_BYTES)
+    return a, b
+
+
+class Outbox:
+    """Messages waiting for room on a non-blocking channel, sent in order, never dropped.
+
+    ``push`` sends at once when it can; otherwise the caller registers for writability and calls
+    ``flush`` when the channel has room again.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._queue: deque[bytes] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, message: dict[str, Any]) -> bool:
+        """Queue ``message``; True when everything queued has been sent."""
+        self._queue.append(json.dumps(message, separators=(",", ":")).encode())
+        return self.flush()
+
+    def flush(self) -> bool:
+        queue = self._queue
+        while queue:
+            try:
+                self.sock.send(queue[0])
+            except BlockingIOError:
+                return False
+            queue.popleft()
+        return True
 
 
 SEND_WAIT_S = 2.0  # a full channel means a lagging peer: wait this long rather than lose a message

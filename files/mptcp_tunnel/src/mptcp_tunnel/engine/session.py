@@ -100,6 +100,7 @@ class Session:
         owns_tun: bool,
         on_end: Callable[[Session], None],
         generation: int = 0,
+        dirty: set[Session] | None = None,
     ) -> None:
         self.loop = loop
         self.buffers = buffers
@@ -114,6 +115,7 @@ class Session:
         self.owns_tun = owns_tun
         self.on_end = on_end
         self.generation = generation
+        self._dirty = dirty if dirty is not None else set()  # the worker reports only these
         self.reason = ""
         self.ended = False
         self.subflows = 0
@@ -167,7 +169,10 @@ class Session:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
         if check_info and not self.ended:
             try:
-                self.subflows = mptcp_info(self.sock).subflows
+                subflows = mptcp_info(self.sock).subflows
+                if subflows != self.subflows:
+                    self.subflows = subflows
+                    self._dirty.add(self)
             except MptcpFallback:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
@@ -175,6 +180,7 @@ class Session:
 
     # --- PtoS: TUN -> stream -----------------------------------------------------------------------
     def _on_tun(self, _events: int) -> None:
+        self._dirty.add(self)
         try:
             if self._tx_tail:
                 self._drop_from_tun()
@@ -300,6 +306,7 @@ class Session:
 
     # --- StoP: stream -> TUN -----------------------------------------------------------------------
     def _on_socket(self, events: int) -> None:
+        self._dirty.add(self)
         try:
             if events & OUT and self._tx_tail:
                 self._on_writable()

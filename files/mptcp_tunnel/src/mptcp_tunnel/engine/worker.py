@@ -23,7 +23,7 @@ from typing import Any
 
 from mptcp_tunnel.config import IPNetwork, TunnelSettings
 from mptcp_tunnel.engine import channel
-from mptcp_tunnel.engine.loop import IN, EventLoop
+from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tun import VNET_HDR_LEN
@@ -31,7 +31,7 @@ from mptcp_tunnel.tun import VNET_HDR_LEN
 log = logging.getLogger("mptcp_tunnel.worker")
 
 HOUSEKEEPING_S = 1.0
-INFO_EVERY = 5  # MPTCP_INFO per session every INFO_EVERY housekeeping rounds (spread over them)
+INFO_EVERY = 10  # MPTCP_INFO per session every INFO_EVERY housekeeping rounds (spread over them)
 STATS_S = 1.0
 
 
@@ -49,10 +49,12 @@ class Worker:
         self.sessions: dict[str, Session] = {}
         self.round = 0
         self.done = False
+        self.outbox = channel.Outbox(chan)
+        self.dirty: set[Session] = set()  # sessions whose counters moved since the last report
 
     def run(self) -> int:
         self.chan.setblocking(False)
-        self.loop.register(self.chan.fileno(), IN, self._on_channel)
+        self.loop.register(self.chan.fileno(), IN, self._on_channel_event)
         self.loop.call_every(HOUSEKEEPING_S, self._housekeeping)
         self.loop.call_every(STATS_S, self._report_stats)
         try:
@@ -61,10 +63,20 @@ class Worker:
             for session in list(self.sessions.values()):
                 session.end("local_stop: agent stopping")
             self._report_stats()
+            self.chan.setblocking(True)
+            self.chan.settimeout(channel.SEND_WAIT_S)
+            with contextlib.suppress(OSError):
+                self.outbox.flush()  # the last counters and "ended" messages
         return 0
 
     # --- control messages --------------------------------------------------------------------------
-    def _on_channel(self, _events: int) -> None:
+    def _on_channel_event(self, events: int) -> None:
+        if events & OUT and self.outbox.flush():
+            self.loop.modify(self.chan.fileno(), IN)
+        if events & ~OUT:
+            self._on_channel()
+
+    def _on_channel(self) -> None:
         for _ in range(256):
             try:
                 got = channel.receive(self.chan)
@@ -125,6 +137,7 @@ class Worker:
             owns_tun=True,
             on_end=self._ended,
             generation=int(message["gen"]),
+            dirty=self.dirty,
         )
         self.sessions[cpe_id] = session
         try:
@@ -135,6 +148,7 @@ class Worker:
     def _ended(self, session: Session) -> None:
         if self.sessions.get(session.cpe_id) is session:
             del self.sessions[session.cpe_id]
+        self.dirty.discard(session)
         self._send_stats_of(session)
         ended = {"op": "ended", "cpe": session.cpe_id, "gen": session.generation, "reason": session.reason}
         self._send(ended)
@@ -149,25 +163,29 @@ class Worker:
 
     def _report_stats(self) -> None:
         cpes: dict[str, Any] = {}
-        for cpe_id, session in self.sessions.items():
+        for session in self.dirty:
+            if session.ended:
+                continue
             deltas = session.take_deltas()
             if deltas is not None or session.round_subflows != session.subflows:
-                cpes[cpe_id] = [deltas or [], session.subflows]
+                cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
+        self.dirty.clear()
         if cpes:
             self._send({"op": "stats", "cpes": cpes})
 
     def _send_stats_of(self, session: Session) -> None:
         deltas = session.take_deltas()
         if deltas is not None:
-            self._send(
-                {"op": "stats", "cpes": {session.cpe_id: [deltas, 0]}, "frame_errors": {}, "fallbacks": 0}
-            )
+            cpes = {session.cpe_id: [deltas, 0]}
+            self._send({"op": "stats", "cpes": cpes})
 
     def _send(self, message: dict[str, Any]) -> None:
+        """Queue for the control process; a full channel never blocks the loop or loses a message."""
         try:
-            channel.send(self.chan, message)
-        except OSError:  # the control process is gone or hung: nothing left to work for
+            if not self.outbox.push(message):
+                self.loop.modify(self.chan.fileno(), IN | OUT)
+        except OSError:  # the control process is gone: nothing left to work for
             self.done = True
 
 
