@@ -31,7 +31,7 @@ from mptcp_tunnel.tun import VNET_HDR_LEN
 log = logging.getLogger("mptcp_tunnel.worker")
 
 HOUSEKEEPING_S = 1.0
-INFO_EVERY = 10  # MPTCP_INFO per session every INFO_EVERY housekeeping rounds (spread over them)
+INFO_EVERY = 30  # MPTCP_INFO (subflows, fallback) per session every 30 s, spread over the rounds
 STATS_S = 1.0
 
 
