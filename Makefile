@@ -10,7 +10,7 @@ export PYTHONPATH := $(abspath lab):$(abspath bench)
 # Debian packages the lab, the tests and Molecule use.
 APT_PACKAGES := iperf3 mptcpd iproute2 iputils-ping nftables iptables curl ethtool procps \
 	python3-venv python3-dev build-essential libnetfilter-queue-dev \
-	podman runc debootstrap
+	podman runc debootstrap qemu-system-x86 qemu-utils fdisk e2fsprogs openssh-client
 APT_STAMP := $(VENV)/.apt-installed
 PIP_STAMP := $(VENV)/.pip-installed
 PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
