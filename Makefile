@@ -38,6 +38,7 @@ lint: setup
 	$(BIN)/ruff check lab bench tests roles
 	$(BIN)/ruff format --check tests roles
 	@if [ -x $(BIN)/yamllint ]; then $(BIN)/yamllint -s .; fi
+	$(PY) molecule/shared/lint_roles.py
 	@if [ -d roles ] && [ -n "$$(ls roles)" ] && [ -x $(BIN)/ansible-lint ]; then $(BIN)/ansible-lint --profile production; fi
 
 unit: setup

@@ -15,7 +15,7 @@ SUITE=bookworm
 # nftables... (the kernel from backports is fetched by the mptcp_kernel role itself: that is under test).
 PACKAGES="linux-image-amd64,initramfs-tools,grub-pc,systemd,systemd-sysv,udev,dbus,openssh-server,\
 python3,python3-apt,python3-venv,python3-pip,python3-yaml,python3-prometheus-client,iproute2,iputils-ping,\
-iperf3,curl,nftables,sudo,procps,ca-certificates,kmod"
+iperf3,curl,socat,nftables,sudo,procps,ca-certificates,kmod"
 key="$(sha256sum "$0" | cut -c1-12)"
 image="$CACHE/debian12-$key.qcow2"
 sshkey="$CACHE/id_ed25519"
@@ -94,7 +94,8 @@ EOF
 ln -sf /etc/systemd/system/mt-firstboot.service "$root/etc/systemd/system/multi-user.target.wants/mt-firstboot.service"
 cp "$root"/boot/vmlinuz-* "$work/vmlinuz"
 cp "$root"/boot/initrd.img-* "$work/initrd"
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
+# apt lists stay (an installed system has them; check mode cannot update them)
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/usr/share/doc/* "$root"/usr/share/man/*
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
 
