@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# `make molecule`: build (or reuse) the base image, then `molecule test` for each scenario
-# (default and fleet, or those named as arguments). `molecule test` destroys its containers (and with
-# them their veth links) even when a step fails; an interrupt destroys the running scenario too.
+# `make molecule`: build (or reuse) the base images, then `molecule test` for each scenario
+# (default, fleet, vm-kernel, vm-e2e, or those named as arguments). `molecule test` destroys its
+# containers (and with them their veth links) or VMs (and their overlays) even when a step fails; an
+# interrupt destroys the running scenario too. The vm-* scenarios boot QEMU VMs in software emulation:
+# on a shared machine run them under `flock /tmp/mt-heavy.lock`.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
 export CONTAINERS_CONF="$here/containers.conf"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}" PY_COLORS="${PY_COLORS:-0}"
-if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet); fi
+if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet vm-kernel vm-e2e); fi
 
-"$here/build-image.sh" || { echo "molecule: building the base image failed" >&2; exit 1; }
+containers=0 vms=0
+for s in "${scenarios[@]}"; do if [[ "$s" == vm-* ]]; then vms=1; else containers=1; fi; done
+if (( containers )); then
+  "$here/build-image.sh" || { echo "molecule: building the base image failed" >&2; exit 1; }
+fi
+if (( vms )); then
+  start=$(date +%s)
+  "$here/build-vm-image.sh" >/dev/null || { echo "molecule: building the VM image failed" >&2; exit 1; }
+  echo "molecule: VM image ready in $(( $(date +%s) - start )) s"
+fi
 
 # Freeze the agent's source for this run: every step deploys the same agent.
 snapshot="$(mktemp -d /tmp/mt-agent-src.XXXXXX)"

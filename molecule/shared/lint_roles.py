@@ -50,7 +50,9 @@ def main() -> int:
         for t in tasks(yaml.safe_load(f.read_text()) or []):
             meta = t.get("ansible.builtin.meta", t.get("meta"))
             if meta == "flush_handlers":
-                problems.append(f"{f.relative_to(ROOT)}: '{t.get('name')}' flushes handlers mid-role")
+                problems.append(
+                    f"{f.relative_to(ROOT)}: '{t.get('name')}' flushes handlers mid-role"
+                )
             if PIP_CMD.search(cmd_text(t)):
                 problems.append(
                     f"{f.relative_to(ROOT)}: '{t.get('name')}' runs pip/venv as a command: "

@@ -173,6 +173,7 @@ def ssh_config(state_dir: Path) -> int:
             f"  IdentityFile {state['identity_file']}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
             f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ControlMaster auto\n"
             f"  ControlPath {state_dir}/cm-%r@%h:%p\n  ControlPersist 300\n"
+            f"  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
         )
     return 0
 
