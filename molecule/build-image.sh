@@ -8,9 +8,12 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 IMAGE="${MT_IMAGE:-localhost/mptcp-tunnel-base:bookworm}"
 MIRROR="${MT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE="${MT_DEBIAN_SUITE:-bookworm}"
-PACKAGES="python3,python3-apt,python3-venv,python3-yaml,python3-prometheus-client,systemd,systemd-sysv,dbus,iproute2,iputils-ping,iperf3,nftables,socat,sudo,procps,ca-certificates"
+PACKAGES="python3,python3-apt,python3-venv,python3-packaging,python3-yaml,python3-prometheus-client,systemd,systemd-sysv,dbus,iproute2,iputils-ping,iperf3,nftables,socat,sudo,procps,ca-certificates"
 
-if [[ "${1:-}" != "--force" ]] && podman image exists "$IMAGE"; then
+# The image is labelled with a hash of this script: a cached image from an older package list is rebuilt.
+KEY="$(sha256sum "$0" | cut -c1-12)"
+if [[ "${1:-}" != "--force" ]] && podman image exists "$IMAGE" \
+   && [[ "$(podman image inspect -f '{{ index .Config.Labels "mptcp-tunnel.build" }}' "$IMAGE" 2>/dev/null)" == "$KEY" ]]; then
   echo "base image $IMAGE is cached"
   exit 0
 fi
@@ -47,5 +50,6 @@ tar -C "$root" -c . | podman import \
   --change 'CMD ["/sbin/init"]' \
   --change 'ENV container=podman' \
   --change 'STOPSIGNAL SIGRTMIN+3' \
+  --change "LABEL mptcp-tunnel.build=$KEY" \
   - "$IMAGE" >/dev/null
 echo "built $IMAGE"

@@ -14,7 +14,7 @@ SUITE=bookworm
 # Everything the roles and the tests would otherwise fetch: the agent's Python dependencies, iperf3, curl,
 # nftables... (the kernel from backports is fetched by the mptcp_kernel role itself: that is under test).
 PACKAGES="linux-image-amd64,initramfs-tools,grub-pc,systemd,systemd-sysv,udev,dbus,openssh-server,\
-python3,python3-apt,python3-venv,python3-pip,python3-yaml,python3-prometheus-client,iproute2,iputils-ping,\
+python3,python3-apt,python3-venv,python3-packaging,python3-yaml,python3-prometheus-client,iproute2,iputils-ping,\
 iperf3,curl,socat,nftables,sudo,procps,ca-certificates,kmod"
 key="$(sha256sum "$0" | cut -c1-12)"
 image="$CACHE/debian12-$key.qcow2"
