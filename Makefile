@@ -15,7 +15,7 @@ APT_STAMP := $(VENV)/.apt-installed
 PIP_STAMP := $(VENV)/.pip-installed
 PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
 
-.PHONY: setup demo demo-netns test lint unit fleet-test lab-test molecule bench bench-quick lab-up lab-down clean
+.PHONY: setup demo demo-netns test lint unit fleet-test lab-test molecule molecule-containers molecule-vm bench bench-quick lab-up lab-down clean
 
 setup: $(PIP_STAMP)
 
@@ -37,6 +37,7 @@ lint: setup
 	cd files/mptcp_tunnel && $(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests && $(BIN)/mypy src
 	$(BIN)/ruff check lab bench tests roles
 	$(BIN)/ruff format --check tests roles
+	$(BIN)/ruff check --config lab/ruff.toml molecule/shared/vm.py molecule/shared/lint_roles.py molecule/vm-kernel molecule/vm-e2e
 	@if [ -x $(BIN)/yamllint ]; then $(BIN)/yamllint -s .; fi
 	$(PY) molecule/shared/lint_roles.py
 	@if [ -d roles ] && [ -n "$$(ls roles)" ] && [ -x $(BIN)/ansible-lint ]; then $(BIN)/ansible-lint --profile production; fi
@@ -53,6 +54,13 @@ lab-test: setup
 
 molecule: setup
 	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
+
+# Only the podman scenarios, or only the QEMU ones (vm-kernel, vm-e2e: software emulation, ~1 core per VM).
+molecule-containers: setup
+	molecule/run-all.sh default fleet
+
+molecule-vm: setup
+	molecule/run-all.sh vm-kernel vm-e2e
 
 test: lint unit fleet-test lab-test molecule
 

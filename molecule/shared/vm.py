@@ -37,10 +37,10 @@ def free_port(kind: int) -> int:
 
 
 def ssh_base(identity: str, port: int) -> list[str]:
-    return [
-        "ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "ConnectTimeout=5", "-o", "IdentitiesOnly=yes", "-i", identity, "-p", str(port), "root@127.0.0.1",
-    ]  # fmt: skip
+    opts = ["BatchMode=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
+            "ConnectTimeout=5", "IdentitiesOnly=yes"]  # fmt: skip
+    return ["ssh", "-q", *(a for o in opts for a in ("-o", o)), "-i", identity, "-p", str(port),
+            "root@127.0.0.1"]  # fmt: skip
 
 
 def pid_is_ours(pid: int, overlay: str) -> bool:
@@ -108,8 +108,9 @@ def up(state_dir: Path, spec: dict) -> int:
             nics = []
             for ni, (lname, mine, peer, mac) in enumerate(ends[name], start=1):
                 argv += [
-                    "-netdev", (f"dgram,id=n{ni},local.type=inet,local.host=127.0.0.1,local.port={mine},"
-                                f"remote.type=inet,remote.host=127.0.0.1,remote.port={peer}"),
+                    "-netdev", (f"dgram,id=n{ni},local.type=inet,local.host=127.0.0.1,"
+                                f"local.port={mine},remote.type=inet,remote.host=127.0.0.1,"
+                                f"remote.port={peer}"),
                     "-device", f"virtio-net-pci,netdev=n{ni},mac={mac}",
                 ]  # fmt: skip
                 nics.append({"link": lname, "interface": f"eth{ni}", "mac": mac})
@@ -122,7 +123,8 @@ def up(state_dir: Path, spec: dict) -> int:
             while True:
                 if not pid_is_ours(vm["pid"], vm["overlay"]):
                     sys.exit(
-                        f"vm.py: {name} (QEMU) exited while booting; see {state_dir}/{name}.console.log"
+                        f"vm.py: {name} (QEMU) exited while booting; "
+                        f"see {state_dir}/{name}.console.log"
                     )
                 ok = subprocess.run(
                     [*ssh_base(spec["identity_file"], vm["port"]), "true"],
@@ -170,7 +172,8 @@ def ssh_config(state_dir: Path) -> int:
     for name, vm in state["vms"].items():
         print(
             f"Host {name}\n  HostName 127.0.0.1\n  Port {vm['port']}\n  User root\n"
-            f"  IdentityFile {state['identity_file']}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            f"  IdentityFile {state['identity_file']}\n  IdentitiesOnly yes\n"
+            f"  StrictHostKeyChecking no\n"
             f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ControlMaster auto\n"
             f"  ControlPath {state_dir}/cm-%r@%h:%p\n  ControlPersist 300\n"
             f"  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"

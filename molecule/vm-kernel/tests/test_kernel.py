@@ -1,4 +1,4 @@
-"""vm-kernel: the VM rebooted from Debian 12's stock kernel into the backports kernel, and MPTCP works."""
+"""vm-kernel: the VM rebooted from Debian 12's stock kernel into the backports one; MPTCP works."""
 
 import os
 from pathlib import Path
