@@ -2,7 +2,8 @@
 """Project rules for the Ansible content that ansible-lint has no rule for (run by `make lint`).
 
 Each rule is a mistake this repository once made:
-- no `meta: flush_handlers` inside a role (it runs every role's pending handlers mid-role);
+- no `meta: flush_handlers` in the middle of a role (it runs every role's pending handlers while
+  the role is half done); the last task of a role's tasks/main.yml may flush (a role boundary);
 - no `command`/`shell` task running pip or venv (ansible.builtin.pip does both, idempotently);
 - every role applied by a playbook carries tags (`--tags` must be able to select it);
 - argument_specs: list-of-dict options describe their keys (`options`), secrets have `no_log`;
@@ -47,9 +48,11 @@ def cmd_text(task: dict) -> str:
 def main() -> int:
     problems: list[str] = []
     for f in sorted(ROOT.glob("roles/*/tasks/*.yml")) + sorted(ROOT.glob("roles/*/handlers/*.yml")):
-        for t in tasks(yaml.safe_load(f.read_text()) or []):
+        top = yaml.safe_load(f.read_text()) or []
+        for t in tasks(top):
             meta = t.get("ansible.builtin.meta", t.get("meta"))
-            if meta == "flush_handlers":
+            at_role_end = f.name == "main.yml" and f.parent.name == "tasks" and t is top[-1]
+            if meta == "flush_handlers" and not at_role_end:
                 problems.append(
                     f"{f.relative_to(ROOT)}: '{t.get('name')}' flushes handlers mid-role"
                 )
