@@ -15,7 +15,7 @@ APT_STAMP := $(VENV)/.apt-installed
 PIP_STAMP := $(VENV)/.pip-installed
 PIP_REQS := files/mptcp_tunnel/pyproject.toml $(wildcard lab/requirements.txt molecule/requirements.txt bench/requirements.txt)
 
-.PHONY: setup demo demo-netns test lint unit fleet-test lab-test molecule molecule-containers molecule-vm bench bench-quick lab-up lab-down clean
+.PHONY: setup demo demo-netns test lint unit fleet-test lab-test molecule molecule-containers molecule-vm molecule-vm-e2e bench bench-quick lab-up lab-down clean
 
 setup: $(PIP_STAMP)
 
@@ -55,12 +55,16 @@ lab-test: setup
 molecule: setup
 	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
 
-# Only the podman scenarios, or only the QEMU ones (vm-kernel, vm-e2e: software emulation, ~1 core per VM).
+# Only the podman scenarios, or only the QEMU one (software emulation, ~1 core per VM).
+# molecule-vm-e2e: not part of `make test` yet (unfinished: see molecule/README.md).
 molecule-containers: setup
 	molecule/run-all.sh default fleet
 
 molecule-vm: setup
-	molecule/run-all.sh vm-kernel vm-e2e
+	molecule/run-all.sh vm-kernel
+
+molecule-vm-e2e: setup
+	molecule/run-all.sh vm-e2e
 
 test: lint unit fleet-test lab-test molecule
 

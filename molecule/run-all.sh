@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make molecule`: build (or reuse) the base images, then `molecule test` for each scenario
-# (default, fleet, vm-kernel, vm-e2e, or those named as arguments). `molecule test` destroys its
+# (default, fleet, vm-kernel, or those named as arguments, e.g. vm-e2e). `molecule test` destroys its
 # containers (and with them their veth links) or VMs (and their overlays) even when a step fails; an
 # interrupt destroys the running scenario too. The vm-* scenarios boot QEMU VMs in software emulation:
 # on a shared machine run them under `flock /tmp/mt-heavy.lock`.
@@ -9,7 +9,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
 export CONTAINERS_CONF="$here/containers.conf"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}" PY_COLORS="${PY_COLORS:-0}"
-if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet vm-kernel vm-e2e); fi
+# vm-e2e is not in the default set yet: its deployment works, but its first full run did not get traffic
+# through the tunnel (see molecule/README.md); run it by name: molecule/run-all.sh vm-e2e
+if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet vm-kernel); fi
 
 containers=0 vms=0
 for s in "${scenarios[@]}"; do if [[ "$s" == vm-* ]]; then vms=1; else containers=1; fi; done
