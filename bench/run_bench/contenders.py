@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mtlab import Lab, LabError
+from mtlab import Lab, LabError, procs
 from mtlab.measure import IperfResult, iperf3
 
 SERVER = "172.16.0.2"
@@ -177,19 +177,16 @@ def bulk(
 
 
 def process_tree_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` and its live children, in seconds (from /proc)."""
+    """utime + stime of ``pid`` and its living descendants, in seconds (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for member in procs.process_tree([pid]):
         try:
-            with open(f"/proc/{entry}/stat") as fh:
+            with open(f"/proc/{member}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / tick
 
 

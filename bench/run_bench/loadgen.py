@@ -60,6 +60,7 @@ from typing import Any
 from mptcp_tunnel import framing
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import CPE_ID_RE
+from mtlab import procs
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 CLONE_NEWNET = 0x40000000
@@ -237,32 +238,9 @@ def raise_nofile(want: int | None = None) -> int:
 # ---------------------------------------------------------------------------- BGW resources
 
 
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
 def process_tree(pids: Iterable[int]) -> list[int]:
     """``pids`` and all their living descendants."""
-    kids = _children_map()
-    out: list[int] = []
-    todo = list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid in out or not os.path.exists(f"/proc/{pid}"):
-            continue
-        out.append(pid)
-        todo += kids.get(pid, [])
-    return out
+    return procs.process_tree(list(pids))
 
 
 def bgw_usage(pids: int | Iterable[int]) -> dict[str, Any]:

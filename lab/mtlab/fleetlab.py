@@ -347,21 +347,4 @@ def _ours(pid: int, fl: FleetLab) -> bool:
 
 
 def _tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in out or not procs.alive(pid):
-            continue
-        out.append(pid)
-        todo += kids.get(pid, [])
-    return out
+    return procs.process_tree([root])

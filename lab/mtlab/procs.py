@@ -24,6 +24,29 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def process_tree(roots: list[int] | tuple[int, ...]) -> list[int]:
+    """``roots`` and all their living descendants (one pass over /proc for the parent links)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in out or not alive(pid):
+            continue
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
 def spawn(
     ns: str,
     argv: list[str],
