@@ -104,3 +104,28 @@ def test_missing_link_interface_is_reported_and_the_rest_applied(netns: str, tmp
     report = json.loads(res.stdout)
     assert report["problems"] == ["link cellular: interface wan_cell does not exist"]
     assert endpoints(netns) == [("10.1.0.1", 2)]
+
+
+def gro(ns: str, ifname: str) -> str:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", ifname], capture_output=True, text=True)
+    return next(line.split(":")[1].strip() for line in out.stdout.splitlines() if "generic-receive" in line)
+
+
+def test_gro_is_turned_on_for_the_listed_interfaces_once(netns: str, tmp_path: Path) -> None:
+    doc = yaml.safe_load((EXAMPLES / "cpe.yaml").read_text())
+    doc["tunnel"]["gro_interfaces"] = ["wan_fixedp", "wan_cellp"]
+    config = tmp_path / "cpe-gro.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    assert gro(netns, "wan_fixedp") == "off"  # veth ships with GRO off
+    assert "turn GRO on for wan_fixedp" in setup_network(netns, config, "--check")["changes"]
+    assert gro(netns, "wan_fixedp") == "off"  # --check changed nothing
+    first = setup_network(netns, config)
+    assert {"turn GRO on for wan_fixedp", "turn GRO on for wan_cellp"} <= set(first["changes"])  # type: ignore[arg-type]
+    assert gro(netns, "wan_fixedp") == "on" and gro(netns, "wan_cellp") == "on"
+    again = setup_network(netns, config)
+    assert not any("GRO" in c for c in again["changes"])  # type: ignore[union-attr]
+    doc["tunnel"]["gro_interfaces"] = ["nosuch0"]
+    config.write_text(yaml.safe_dump(doc))
+    res = in_ns(netns, "-m", "mptcp_tunnel", "setup-network", "--config", str(config), "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["problems"] == ["GRO on nosuch0: No such device"]

@@ -41,6 +41,7 @@ class TunnelSettings:
     queue_bytes: int = 131072  # unsent data the tunnel may hold; 0 = unbounded (blocking sends)
     offload: Literal["auto", "on", "off"] = "auto"  # TUN GSO/checksum offload, negotiated per session
     workers: int = 0  # BGW worker processes; 0 = one per core
+    gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,16 @@ def _interface(sec: _Section, name: str, default: str | None = None) -> str:
     return value
 
 
+def _interface_list(sec: _Section, name: str) -> tuple[str, ...]:
+    value = sec.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{sec.key(name)}: expected a list of interface names, got {_kind(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not IFNAME_RE.match(item):
+            raise ConfigError(f"{sec.key(name)}[{i}]: {item!r} is not a valid interface name")
+    return tuple(value)
+
+
 def _tunnel(sec: _Section) -> TunnelSettings:
     t = TunnelSettings(
         port=sec.integer("port", 7440, 1, 65535),
@@ -236,6 +247,7 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         queue_bytes=sec.integer("queue_bytes", 131072, 0, 64 * 1024 * 1024),
         offload=sec.choice("offload", "auto", ("auto", "on", "off")),  # type: ignore[arg-type]
         workers=sec.integer("workers", 0, 0, 256),
+        gro_interfaces=_interface_list(sec, "gro_interfaces"),
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:

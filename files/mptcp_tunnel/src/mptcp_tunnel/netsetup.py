@@ -13,9 +13,12 @@ Used by ``mptcp-tunnel setup-network``, by the agent at start and on SIGHUP, and
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import logging
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,6 +187,8 @@ def apply(cfg: AgentConfig, check: bool = False) -> Report:
     A link whose interface is missing is reported as a problem and skipped; the rest is applied.
     """
     report = Report()
+    for ifname in cfg.tunnel.gro_interfaces:
+        _apply_gro(ifname, report, check)
     try:
         with _netlink() as (ipr, pm):
             _apply_limits(cfg, pm, report, check)
@@ -205,6 +210,33 @@ def apply(cfg: AgentConfig, check: bool = False) -> Report:
     except NetlinkError as exc:
         raise NetworkSetupError(f"netlink refused a change: {exc}") from None
     return report
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GGRO = 0x2B
+ETHTOOL_SGRO = 0x2C
+
+
+def _ethtool_value(ifname: str, cmd: int, data: int = 0) -> int:
+    """One ETHTOOL_[GS]* value request (struct ethtool_value behind struct ifreq's data pointer)."""
+    value = ctypes.create_string_buffer(struct.pack("=II", cmd, data), 8)
+    ifreq = struct.pack("16sP16x", ifname.encode(), ctypes.addressof(value))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack("=II", value.raw)[1])
+
+
+def _apply_gro(ifname: str, report: Report, check: bool) -> None:
+    """GRO on a LAN-facing interface: forwarded bulk reaches the TUN as super-packets (offload mode)."""
+    try:
+        if _ethtool_value(ifname, ETHTOOL_GGRO):
+            return
+        if not check:
+            _ethtool_value(ifname, ETHTOOL_SGRO, 1)
+    except OSError as exc:
+        report.problems.append(f"GRO on {ifname}: {exc.strerror or exc}")
+        return
+    report.changes.append(f"turn GRO on for {ifname}")
 
 
 def _apply_limits(cfg: AgentConfig, pm: PathManager, report: Report, check: bool) -> None:
