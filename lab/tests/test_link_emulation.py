@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pyroute2 import IPRoute
 
@@ -50,10 +52,25 @@ def test_rate_is_about_95pct_of_tbf(lab: Lab, name: str, reverse: bool) -> None:
     assert 0.90 * rate <= got.mbps <= 1.0 * rate, f"{name}: {got.mbps:.2f} of {rate} Mbit/s"
 
 
+def rtt_near(lab: Lab, dst: str, want_ms: float, count: int = 20) -> float:
+    """Median RTT to ``dst``, measured again once (after 2 s) if it is more than 1 ms off.
+
+    The delay is a userspace program: when the kernel is busy elsewhere (e.g. tearing down the
+    fleet test's namespaces with hundreds of TUN devices, which runs in a kernel worker for
+    seconds) a 20-ping median can drift past 1 ms; a second look shows whether it is the emulation.
+    """
+    rtt = median_rtt(lab, "cpe", dst, count=count)
+    if abs(rtt - want_ms) > 1.0:
+        time.sleep(2)
+        rtt = median_rtt(lab, "cpe", dst, count=count)
+    return rtt
+
+
 @pytest.mark.parametrize("name", ["fixed", "cellular"])
 def test_rtt_is_twice_the_one_way_delay(lab: Lab, name: str) -> None:
-    rtt = median_rtt(lab, "cpe", LINKS[name][1], count=20)
-    assert abs(rtt - 2 * lab.links[name].delay_ms) <= 1.0, f"{name}: RTT {rtt} ms"
+    want = 2 * lab.links[name].delay_ms
+    rtt = rtt_near(lab, LINKS[name][1], want)
+    assert abs(rtt - want) <= 1.0, f"{name}: RTT {rtt} ms"
 
 
 def _udp_loss(lab: Lab, reverse: bool) -> tuple[float, int]:
@@ -97,11 +114,11 @@ def test_loss_matches_setting(default_links: Lab, reverse: bool) -> None:
 def test_runtime_change_of_rate_and_delay(default_links: Lab) -> None:
     lab = default_links
     lab.set_link("cellular", rate_mbit=20, delay_ms=10)
-    assert abs(median_rtt(lab, "cpe", "10.2.0.2") - 20.0) <= 1.0
+    assert abs(rtt_near(lab, "10.2.0.2", 20.0) - 20.0) <= 1.0
     got = iperf3(lab, "cpe", "bgw", "10.2.0.2", bind="10.2.0.1", seconds=4, omit=2)
     assert 18.0 <= got.mbps <= 20.0, got.mbps
     lab.set_link("cellular", rate_mbit=5, delay_ms=25)
-    assert abs(median_rtt(lab, "cpe", "10.2.0.2") - 50.0) <= 1.0
+    assert abs(rtt_near(lab, "10.2.0.2", 50.0) - 50.0) <= 1.0
 
 
 def test_cut_and_restore(default_links: Lab) -> None:
