@@ -28,6 +28,7 @@ from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, EventLoop
+from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S  # the BGW applies it to the whole exchange
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, set_congestion_control
 from mptcp_tunnel.runtime import Runtime
 from mptcp_tunnel.tun import TunError, add_routes, delete_group, delete_link, offload_supported, open_tun
@@ -35,7 +36,6 @@ from mptcp_tunnel.tun import remove_routes as remove_tun_routes
 
 log = logging.getLogger("mptcp_tunnel.bgw")
 
-HANDSHAKE_TIMEOUT_S = 10.0  # for the whole exchange, not per read
 # Beyond this, new connections are closed at once (flood guard). A pending handshake costs ~2 KB here
 # plus its socket: 16 384 of them are ~32 MB, and a whole fleet reconnecting at once fits.
 MAX_PENDING_HANDSHAKES = 16384
