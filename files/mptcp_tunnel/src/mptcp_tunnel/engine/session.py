@@ -129,7 +129,6 @@ class Session:
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
         self.last_rx = self.last_tx = now
-        self.offload_flags = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,7 +137,7 @@ class Session:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._bounded:  # bound the unsent data in the socket: the tunnel's queue
             sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self.tunnel.queue_bytes)
-        self.offload_flags = set_offload(self.tun_fd, self.vnet)
+        set_offload(self.tun_fd, self.vnet)
         self.loop.register(self.sock_fd, IN, self._on_socket)
         self.loop.register(self.tun_fd, IN, self._on_tun)
 
