@@ -38,18 +38,42 @@ def test_tcp_iperf3(tunnel: Lab, family: int, reverse: bool) -> None:
 
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["client-to-server", "server-to-client"])
+def _drops(lab: Lab) -> dict[str, float]:
+    """Every place an inner packet may be dropped on its way, summed per counter."""
+    out: dict[str, float] = {}
+    for role in ("cpe", "bgw"):
+        for key, value in lab.metrics(role).items():
+            name = key.split("{")[0]
+            if name.endswith("drops_total"):
+                out[f"{role}:{name}"] = out.get(f"{role}:{name}", 0.0) + value
+    for role in ("client", "server"):
+        snmp = lab.exec(role, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+        udp = [line.split()[1:] for line in snmp if line.startswith("Udp:")]
+        counters = dict(zip(udp[0], udp[1], strict=True))
+        out[f"{role}:udp_rcvbuf_errors"] = float(counters["RcvbufErrors"])
+    return out
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["client-to-server", "server-to-client"])
 def test_udp_iperf3(tunnel: Lab, family: int, reverse: bool) -> None:
-    got = iperf3(
-        tunnel,
-        "client",
-        "server",
-        FAMILIES[family],
-        seconds=4,
-        omit=0,
-        udp=True,
-        bitrate="8M",
-        length=1200,
-        reverse=reverse,
-    )
-    assert got.lost_pct is not None and got.lost_pct < 1.0, f"lost {got.lost_pct} %"
-    assert 7.5 <= got.mbps <= 8.5, f"{got.mbps:.2f} Mbit/s"
+    seen = []
+    for _attempt in (1, 2):  # one retry: the machine is shared (a busy host drops at its socket)
+        before = _drops(tunnel)
+        got = iperf3(
+            tunnel,
+            "client",
+            "server",
+            FAMILIES[family],
+            seconds=4,
+            omit=0,
+            udp=True,
+            bitrate="8M",
+            length=1200,
+            reverse=reverse,
+        )
+        where = {k: v - before.get(k, 0.0) for k, v in _drops(tunnel).items() if v != before.get(k)}
+        seen.append(f"lost {got.lost_pct} %, {got.mbps:.2f} Mbit/s, dropped at {where}")
+        if got.lost_pct is not None and got.lost_pct < 1.0 and 7.5 <= got.mbps <= 8.5:
+            return
+    pytest.fail("; ".join(seen))
