@@ -103,6 +103,8 @@ def measure(n: int, work: Path) -> dict[str, Any]:
         "mptcp_network_agent_bin": target / "opt/venv/bin/mptcp-tunnel",
         "mptcp_network_agent_config": target / "etc/config.yaml",
         "mptcp_network_sysctl_file": target / "sysctl.conf",
+        "mptcp_pki_dir": target / "pki",
+        "mptcp_pki_ca_dir": target / "ca",
     }.items():
         extra += ["-e", f"{key}={value}"]
     inv = ["-i", str(fleet)]

@@ -46,6 +46,8 @@ def bgw_play(
         "mptcp_network_agent_bin": str(target / "opt" / "venv" / "bin" / "mptcp-tunnel"),
         "mptcp_network_agent_config": str(target / "etc" / "config.yaml"),
         "mptcp_network_sysctl_file": str(target / "sysctl.conf"),
+        "mptcp_pki_dir": str(target / "pki"),
+        "mptcp_pki_ca_dir": str(target / "ca"),
     }
     cmd = [
         str(BIN / "ansible-playbook"),

@@ -43,6 +43,26 @@ def test_sysctls(h):
             assert line.startswith("net."), line
 
 
+@pytest.mark.parametrize(("h", "name", "purpose"), [(CPE, "cpe1", "sslclient"), (BGW, "mtm-bgw1", "sslserver")])
+def test_tls_credentials(h, name, purpose):
+    pki = "/etc/mptcp-tunnel/pki"
+    key = h.file(f"{pki}/node.key")
+    assert key.user == "root" and key.mode == 0o600
+    assert h.file(f"{pki}/node.crt").mode == 0o600
+    assert h.file(pki).mode == 0o700
+    # signed by the operator CA, named after the host, and good for its side only
+    ok(h, f"openssl verify -CAfile {pki}/ca.crt -purpose {purpose} {pki}/node.crt")
+    other = "sslserver" if purpose == "sslclient" else "sslclient"
+    assert h.run(f"openssl verify -CAfile {pki}/ca.crt -purpose {other} {pki}/node.crt").rc != 0
+    text = ok(h, f"openssl x509 -in {pki}/node.crt -noout -ext subjectAltName")
+    assert f"DNS:{name}" in text
+    # the key was made on the host and matches its certificate
+    assert ok(h, f"openssl pkey -in {pki}/node.key -pubout") == ok(
+        h, f"openssl x509 -in {pki}/node.crt -noout -pubkey"
+    )
+    assert h.file(f"{pki}/crl.pem").exists == (purpose == "sslserver")
+
+
 @pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
 def test_units_active_and_enabled(h):
     agent = h.service(AGENT_UNIT)
