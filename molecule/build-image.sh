@@ -8,7 +8,9 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 IMAGE="${MT_IMAGE:-localhost/mptcp-tunnel-base:bookworm}"
 MIRROR="${MT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE="${MT_DEBIAN_SUITE:-bookworm}"
-PACKAGES="python3,python3-apt,python3-venv,python3-packaging,python3-yaml,python3-prometheus-client,python3-cryptography,systemd,systemd-sysv,dbus,iproute2,iputils-ping,iperf3,nftables,socat,sudo,procps,ca-certificates"
+# python3-cryptography: the mptcp_pki role's crypto modules; python3-cffi-backend named too (it provides the
+# virtual packages python3-cryptography depends on, which debootstrap does not resolve)
+PACKAGES="python3,python3-apt,python3-venv,python3-packaging,python3-yaml,python3-prometheus-client,python3-cryptography,python3-cffi-backend,systemd,systemd-sysv,dbus,iproute2,iputils-ping,iperf3,nftables,socat,sudo,procps,ca-certificates"
 
 # The image is labelled with a hash of this script: a cached image from an older package list is rebuilt.
 KEY="$(sha256sum "$0" | cut -c1-12)"
