@@ -212,3 +212,41 @@ def test_survives_bgw_agent_restart():
     ok(CLIENT, f"ping -c 3 -i 0.2 -W 2 {SERVER4}")
     assert peer_address_seen(CLIENT, SERVER, SERVER4) == CLIENT4
     assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") > before
+
+
+def test_firewall_table_loaded_at_boot():
+    assert BGW.service("mptcp-tunnel-firewall.service").is_enabled
+    rules = ok(BGW, "nft list table inet mptcp_tunnel")
+    assert "iifgroup" in rules and "update @admit4" in rules
+
+
+def test_customers_cannot_reach_the_bgw_itself():
+    # ICMP is allowed (PMTU discovery needs it); the BGW's services are not: its tunnel port answers the
+    # operator's side but not a customer's LAN through the tunnel
+    wait_ping(CLIENT, "172.16.0.1")
+    probe = "python3 -c \"import socket; socket.create_connection(('172.16.0.1', 7440), timeout=3)\""
+    assert SERVER.run(probe).rc == 0, "the operator's side must reach the BGW"
+    res = CLIENT.run(probe)
+    assert res.rc != 0 and "timed out" in res.stderr, res.stderr
+
+
+def test_admission_limit_per_source():
+    def dropped() -> int:
+        out = ok(BGW, "nft -j list chain inet mptcp_tunnel input")
+        return sum(
+            e["counter"]["packets"]
+            for r in json.loads(out)["nftables"]
+            if "rule" in r and "admit" in json.dumps(r["rule"]["expr"])
+            for e in r["rule"]["expr"]
+            if "counter" in e
+        )
+
+    before = dropped()
+    # 600 SYNs at once from one source: the burst (200) passes, most of the rest is dropped
+    ok(
+        SERVER,
+        "python3 -c \"import socket\nsocks = [socket.socket() for _ in range(600)]\n"
+        "for s in socks: s.setblocking(False); s.connect_ex(('172.16.0.1', 7440))\n"
+        "import time; time.sleep(1)\"",
+    )
+    assert dropped() - before >= 300

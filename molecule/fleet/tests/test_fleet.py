@@ -68,6 +68,27 @@ def test_clients_in_parallel():
         ok(CLIENTS[n], f"ping -c 3 -i 0.2 -W 2 {SERVER4}")
 
 
+def test_customers_cannot_reach_each_other():
+    """The BGW's firewall: one customer's LAN may not reach another's through the BGW."""
+    wait_ping(CLIENTS[1], SERVER4)
+    wait_ping(CLIENTS[2], SERVER4)
+
+    def dropped() -> int:
+        out = json.loads(ok(BGW, "nft -j list chain inet mptcp_tunnel forward"))
+        return sum(
+            e["counter"]["packets"]
+            for r in out["nftables"]
+            if "rule" in r
+            for e in r["rule"]["expr"]
+            if "counter" in e
+        )
+
+    before = dropped()
+    assert CLIENTS[1].run("ping -c 3 -i 0.2 -W 1 192.168.12.2").rc != 0
+    assert CLIENTS[1].run("ping -6 -c 3 -i 0.2 -W 1 fd00:12::2").rc != 0
+    assert dropped() - before >= 6
+
+
 def _udp_received(marker: str) -> bool:
     return SERVER.run(f"grep -q {marker} /tmp/mt-udp-got").rc == 0
 
