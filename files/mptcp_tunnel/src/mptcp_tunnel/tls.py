@@ -194,9 +194,7 @@ class TlsChannel:
             pass
         except ssl.SSLZeroReturnError:
             self.eof = True
-        except ssl.SSLError as exc:
-            if total:
-                return total  # deliver what decrypted; the error comes back on the next read
+        except ssl.SSLError as exc:  # the session ends here, with what decrypted before the bad record
             raise TlsError("bad_record", str(exc.reason or exc)) from None
         if total == 0:
             return 0 if self.eof else -1
