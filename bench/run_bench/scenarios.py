@@ -22,7 +22,9 @@ from run_bench.contenders import (
 )
 from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
+from run_bench.lockout import lockout
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
+from run_bench.security import fuzz, tls_handshakes
 
 DEFAULT_LINKS = {
     "fixed": {"rate_mbit": 10.0, "delay_ms": 25.0, "loss_pct": 0.0},
@@ -103,6 +105,9 @@ class Settings:
             "latency": 2 * len(self.latency_contenders),
             "fleet_scale": len(self.fleet_sizes),
             "fairness": 2 * r,
+            "fuzz": 2,
+            "tls_handshakes": 1,
+            "lockout": 1,
         }[scenario]
 
 
@@ -596,4 +601,7 @@ StandaloneRunner = Callable[[Settings, Progress, Callable[[ScenarioResult], None
 STANDALONE_RUNNERS: dict[str, StandaloneRunner] = {
     "fleet_scale": fleet_scale,
     "fairness": fairness,
+    "fuzz": fuzz,
+    "tls_handshakes": tls_handshakes,
+    "lockout": lockout,
 }
