@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,11 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-# As the systemd unit does (LimitNOFILE): a BGW's fd limit is not the shell's 1024.
-NOFILE = ["prlimit", "--nofile=262144:262144", "--"]
+# As the systemd unit does (LimitNOFILE): a BGW's fd limit is not the shell's 1024 (as high as this
+# host allows, up to the unit's 262 144).
+_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+_NOFILE = 262144 if _HARD == resource.RLIM_INFINITY else min(262144, _HARD)
+NOFILE = ["prlimit", f"--nofile={_NOFILE}:{_NOFILE}", "--"]
 
 
 class LockoutLab:

@@ -96,8 +96,13 @@ def source_key(peer: str) -> str:
     return peer
 
 
-def pending_budget() -> int:
-    """How many handshakes may be pending at once, from MemAvailable and the fd limit."""
+def pending_budget(cpes: int) -> int:
+    """How many handshakes may be pending at once, from MemAvailable and the fd limit.
+
+    A pending handshake holds at most 2 fds in one process (a worker: the socket and the TUN dup; the
+    control process holds 1 while it reads the CLAIM); every process has the same limit and the
+    control process also holds one TUN fd per CPE.
+    """
     try:
         with open("/proc/meminfo") as fh:
             kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
@@ -107,7 +112,7 @@ def pending_budget() -> int:
 
     fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     budget = kib * 1024 // 16 // PENDING_COST
-    return max(MIN_PENDING_BUDGET, min(MAX_PENDING_BUDGET, budget, max(64, fds // 3)))
+    return max(MIN_PENDING_BUDGET, min(MAX_PENDING_BUDGET, budget, max(64, (fds - cpes - 256) // 2)))
 
 
 class LogLimiter:
@@ -154,7 +159,7 @@ class BgwAgent:
         self.listener: socket.socket | None = None
         self.offload = cfg.tunnel.offload != "off" and offload_supported()
         self._last_accept_log = 0.0
-        self.budget = pending_budget()
+        self.budget = pending_budget(len(cfg.bgw.cpes))
         self.per_source: dict[str, int] = {}
         self.admitting: dict[tuple[str, int], tuple[str, int]] = {}  # (cpe, gen) -> (source, worker)
         self.limiter = LogLimiter()

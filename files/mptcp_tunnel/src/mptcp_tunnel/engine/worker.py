@@ -110,6 +110,9 @@ class Worker:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+                if message.get("op") == "admit":  # e.g. fds lost to EMFILE: the control process must know
+                    failed = {"ok": False, "reason": "worker_error", "detail": "see the worker's log"}
+                    self._send({**_brief(message), **failed})
 
     def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message["op"]
