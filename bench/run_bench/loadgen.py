@@ -142,7 +142,8 @@ def bgw_config(
     ``workers`` / ``offload`` become ``tunnel.workers`` / ``tunnel.offload`` only when given
     (an agent without the new engine rejects unknown keys).
     """
-    t: dict[str, Any] = {"port": port, "keepalive_s": keepalive_s}
+    # The load generator speaks the HMAC handshake (encryption none): it measures the engine.
+    t: dict[str, Any] = {"port": port, "keepalive_s": keepalive_s, "encryption": "none"}
     if workers is not None:
         t["workers"] = workers
     if offload is not None:

@@ -25,6 +25,7 @@ import yaml
 
 from run_bench.results import Progress, ScenarioResult, percentile
 
+LAB_DIR = Path(__file__).resolve().parents[2] / "lab"  # mtlab.attack runs from there
 BGW_ADDR = "10.98.255.254"
 LEGIT_ADDR = "10.98.0.10"
 ATTACK_BASE = "10.98.1.0"
@@ -258,6 +259,10 @@ def run_lockout(addresses: int, seconds: float, attempts: int, workdir: Path) ->
             ],
             stdout=subprocess.PIPE,
             text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(LAB_DIR), os.environ.get("PYTHONPATH", "")]),
+            },
         )
         lab.procs.append(attack)
         time.sleep(min(8.0, seconds / 3))  # the flood reaches its hold
