@@ -317,10 +317,12 @@ class Session:
     def _send_tls(self, segments: list[memoryview]) -> int:
         """All of a batch goes into TLS at once; ciphertext the socket does not take waits in _tx_tail
         (the TUN is not read meanwhile), so the record stream stays whole."""
+        tls = self.tls
+        assert tls is not None
         total = sum(len(s) for s in segments)
         try:
-            self.tls.write(segments[0] if len(segments) == 1 else b"".join(segments))  # type: ignore[union-attr]
-            data = self.tls.take()  # type: ignore[union-attr]
+            tls.write(segments[0] if len(segments) == 1 else b"".join(segments))
+            data = tls.take()
         except TlsError as exc:
             self.end(f"tls_error: {exc}")
             return -1

@@ -66,6 +66,10 @@ class TlsAccept:
     def _expired(self) -> None:
         self._finish(AdmissionFailed("timeout", "no complete handshake before the deadline"))
 
+    def abort(self, reason: str, detail: str) -> None:
+        """End it now (the CPE was removed, the worker stops)."""
+        self._finish(AdmissionFailed(reason, detail))
+
     def _finish(self, error: AdmissionFailed | None) -> None:
         if self.done:
             return

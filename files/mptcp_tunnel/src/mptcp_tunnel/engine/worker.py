@@ -74,7 +74,7 @@ class Worker:
             self.loop.run(lambda: self.done)
         finally:
             for accept, _msg, _tun in list(self.admitting.values()):
-                accept._finish(AdmissionFailed("local_stop", "agent stopping"))
+                accept.abort("local_stop", "agent stopping")
             for session in list(self.sessions.values()):
                 session.end("local_stop: agent stopping")
             self._report_stats()
@@ -131,7 +131,7 @@ class Worker:
             reason = message.get("reason", "cpe_removed: no longer in the configuration")
             for accept, msg, _tun in list(self.admitting.values()):
                 if msg["cpe"] == message["cpe"]:
-                    accept._finish(AdmissionFailed("cpe_removed", reason))
+                    accept.abort("cpe_removed", reason)
             session = self.sessions.get(message["cpe"])
             if session is not None:
                 session.end(reason)
