@@ -284,3 +284,38 @@ def test_unknown_feature_bits_are_ignored_and_reject_text_is_escaped(pair: Pair)
 
 if os.geteuid() != 0:
     pytest.fail("test_secure_process needs root (network namespaces)", pytrace=False)
+
+
+def test_rotating_certificates_costs_no_reconnect_and_new_handshakes_use_them(pair: Pair) -> None:
+    bgw = pair.start("bgw", pair.config("bgw"))
+    bgw.wait_log("BGW listening")
+    cpe = pair.start("cpe", pair.config("cpe"))
+    cpe.wait_log("session up via")
+    old = pair.pki.serials["bgw1"]
+    pair.pki.issue("bgw1", "bgw")  # new keys and certificates, same paths (what the rotate play does)
+    pair.pki.issue("cpe1", "cpe")
+    for agent in (bgw, cpe):
+        agent.proc.send_signal(signal.SIGHUP)
+    bgw.wait_log("config reloaded")
+    cpe.wait_log("config reloaded")
+    time.sleep(1)
+    assert "session ended" not in bgw.log.read_text() + cpe.log.read_text()  # no reconnect
+    # A new handshake meets the BGW's new certificate, with the CPE's new one.
+    code = textwrap.dedent(
+        f"""
+        import socket
+        from mptcp_tunnel import exchange, handshake as hs
+        from mptcp_tunnel.config import load_config
+        from mptcp_tunnel.tls import client_context
+        cfg = load_config({str(pair.config("cpe"))!r})
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+        s.settimeout(10)
+        s.connect(("10.1.0.2", 7440))
+        _f, channel, _r = exchange.client_tls(s, cfg.cpe, client_context(cfg.tls), hs.Feature.NONE)
+        print(channel.peer_serial())
+        """
+    )
+    res = pair.python(pair.cpe, code)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) == pair.pki.serials["bgw1"] != old
+    assert bgw.stop() == 0 and cpe.stop() == 0
