@@ -319,3 +319,34 @@ def test_rotating_certificates_costs_no_reconnect_and_new_handshakes_use_them(pa
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) == pair.pki.serials["bgw1"] != old
     assert bgw.stop() == 0 and cpe.stop() == 0
+
+
+def test_a_route_the_kernel_refuses_refuses_that_cpe_only(pair: Pair) -> None:
+    """IPv6 off on the BGW: cpe1's IPv6 prefix cannot be routed; cpe1 is refused, cpe2 served."""
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.bgw,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+        check=True,
+    )
+    path = pair.config("bgw")
+    doc = yaml.safe_load(path.read_text())
+    doc["bgw"]["cpes"] = [
+        {"id": "cpe1", "prefixes": ["192.168.10.0/24", "fd00:10::/64"]},
+        {"id": "cpe2", "prefixes": ["192.168.12.0/24"]},
+    ]
+    path.write_text(yaml.safe_dump(doc))
+    bgw = pair.start("bgw", path)
+    bgw.wait_log("BGW listening")
+    assert "CPE cpe1 refused: the kernel refuses a route of its prefixes" in bgw.log.read_text()
+    cpe = pair.start("cpe", pair.config("cpe", cpe__id="cpe2"))
+    bgw.wait_log("CPE cpe2: session up")
+    assert bgw.proc.poll() is None and "Traceback" not in bgw.log.read_text()
+    assert cpe.stop() == 0 and bgw.stop() == 0
