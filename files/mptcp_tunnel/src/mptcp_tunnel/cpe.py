@@ -14,7 +14,7 @@ import time
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
-from mptcp_tunnel.config import AgentConfig, CpeSettings, load_for_reload
+from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake, client_tls
@@ -237,7 +237,11 @@ class CpeAgent:
             log.error("reload refused: changing tunnel.encryption needs a restart")
             return
         if new.tls is not None:
-            self.tls_ctx = client_context(new.tls)  # load_for_reload has loaded it once already
+            try:  # load_for_reload loaded it once already; a file may have changed since
+                self.tls_ctx = client_context(new.tls)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                return
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
         self.problems = netsetup.apply_logged(new, self.problems)
