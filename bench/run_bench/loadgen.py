@@ -156,6 +156,8 @@ def bgw_config(
         "tunnel": t,
         "bgw": {
             "listen_address": listen_address,
+            # Every simulated CPE comes from the generator's one address: no per-source limit.
+            "max_pending_per_source": 1_000_000,
             "cpes": [
                 {"id": c.id, "secret": c.secret.decode(), "prefixes": [str(c.prefix)]} for c in cpes
             ],

@@ -234,3 +234,12 @@ def test_tls_needs_its_files_and_the_bgw_name() -> None:
     del doc["tls"]
     cfg = parse_config(doc, "bgw.yaml")
     assert cfg.tls is None and cfg.bgw is not None and cfg.bgw.cpes[0].secret == b"lab-secret-cpe1-0123"
+
+
+def test_the_per_source_limit_is_a_positive_integer() -> None:
+    cfg = parse_config(example("bgw.yaml"), "bgw.yaml")
+    assert cfg.bgw is not None and cfg.bgw.max_pending_per_source == 8
+    doc = example("bgw.yaml")
+    doc["bgw"]["max_pending_per_source"] = 0
+    with pytest.raises(ConfigError, match=r"bgw.max_pending_per_source: 0 is out of range 1\.\.1000000"):
+        parse_config(doc, "bgw.yaml")

@@ -7,7 +7,7 @@ lands on the same worker, so a reconnect replaces the old session inside that wo
 ``encryption: none`` the HMAC handshake runs here and authenticated connections are handed over.
 
 Admission no attacker can block: one deadline for the whole handshake (claim + TLS + exchange), at most
-PER_SOURCE_PENDING handshakes per source address (IPv6: per /64), and a global budget sized by memory
+``bgw.max_pending_per_source`` handshakes per source address (IPv6: per /64), a global budget sized by memory
 (``pending_budget``); plain-TCP connections are closed right after accept.
 """
 
@@ -48,7 +48,6 @@ log = logging.getLogger("mptcp_tunnel.bgw")
 PENDING_COST = 64 * 1024
 MIN_PENDING_BUDGET = 1024
 MAX_PENDING_BUDGET = 65536
-PER_SOURCE_PENDING = 8  # per source address (IPv6: per /64): 1 000 attacking hosts hold at most 8 000
 LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 ACCEPT_BUDGET = 128  # accepts per loop turn
 ACCEPT_PAUSE_S = 0.2  # after EMFILE and friends: let sessions and handshakes free fds first
@@ -205,7 +204,7 @@ class BgwAgent:
                 "offered" if self.offload else "off",
                 "TLS 1.3" if self.cfg.tls is not None else "NO encryption",
                 self.budget,
-                PER_SOURCE_PENDING,
+                self.cfg.bgw.max_pending_per_source,
                 f", name {self.cfg.bgw.name}" if self.cfg.bgw.name else "",
             )
             self.loop.run(self.rt.stop.is_set)
@@ -440,7 +439,8 @@ class BgwAgent:
                 conn.close()
                 continue
             source = source_key(str(peer[0]))
-            if self.per_source.get(source, 0) >= PER_SOURCE_PENDING:
+            assert self.cfg.bgw is not None
+            if self.per_source.get(source, 0) >= self.cfg.bgw.max_pending_per_source:
                 metrics.HANDSHAKE_FAILURES.labels("too_many_from_source").inc()
                 conn.close()
                 continue

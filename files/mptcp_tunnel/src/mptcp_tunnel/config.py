@@ -98,6 +98,7 @@ class BgwSettings:
     listen_address: IPAddress
     cpes: tuple[CpeEntry, ...]
     name: str = ""  # informational: its certificate carries it
+    max_pending_per_source: int = 8  # pending handshakes per source address (IPv6: per /64)
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,7 @@ def _bgw(sec: _Section, base_dir: Path, tls: bool) -> BgwSettings:
         listen_address=sec.address("listen_address"),  # type: ignore[arg-type]
         cpes=tuple(cpes),
         name=_name(sec, "name", required=False),
+        max_pending_per_source=sec.integer("max_pending_per_source", 8, 1, 1_000_000),
     )
     sec.finish()
     _check_unique_ids(sec, cpes)
