@@ -21,6 +21,9 @@ ORDER = (
     "datapath_ceiling",
     "fleet_scale",
     "fairness",
+    "fuzz",
+    "tls_handshakes",
+    "lockout",
 )
 
 

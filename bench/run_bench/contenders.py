@@ -30,12 +30,19 @@ CONTENDERS = (
     "mptcp-tunnel",
     "mptcp-tunnel-perpacket",
     "mptcp-tunnel-offload",
+    "mptcp-tunnel-offload-tls",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
 )
 # Datapath variants: the agent's tunnel.offload setting each one runs with.
-OFFLOAD_OF = {"mptcp-tunnel-perpacket": "off", "mptcp-tunnel-offload": "on"}
+# Datapath variants say what is on: offload on/off without TLS, offload with TLS ("mptcp-tunnel",
+# the shipped default, has TLS and offload auto).
+OFFLOAD_OF = {
+    "mptcp-tunnel-perpacket": "off",
+    "mptcp-tunnel-offload": "on",
+    "mptcp-tunnel-offload-tls": "on-tls",
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,9 @@ class Agents:
                 cfg = hya_config(self.lab, role, mode[4:], self.ooo_ms, self.inseq_ms)
             elif mode.startswith("mptcp-offload-"):
                 cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {})["offload"] = mode.rsplit("-", 1)[1]
+                offload, *tls = mode[len("mptcp-offload-") :].split("-")
+                cfg.setdefault("tunnel", {})["offload"] = offload
+                cfg["tunnel"]["encryption"] = "tls" if tls else "none"
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)

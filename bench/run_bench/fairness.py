@@ -154,7 +154,7 @@ class TwoCpes:
             cfg = {
                 "role": "cpe",
                 "metrics_listen": "",
-                "tunnel": {"tun_name": "mt0"},
+                "tunnel": {"tun_name": "mt0", "encryption": "none"},
                 "mptcp": {"subflows": 2, "add_addr_accepted": 2},
                 "cpe": {
                     "id": site,
@@ -176,6 +176,7 @@ class TwoCpes:
         bgw = {
             "role": "bgw",
             "metrics_listen": "",
+            "tunnel": {"encryption": "none"},
             "bgw": {"listen_address": "0.0.0.0", "cpes": cpes},
         }
         (self.state / "bgw.yaml").write_text(json.dumps(bgw))

@@ -59,7 +59,8 @@ from typing import Any
 
 from mptcp_tunnel import framing
 from mptcp_tunnel import handshake as hs
-from mptcp_tunnel.config import CPE_ID_RE
+from mptcp_tunnel import tls as tlsmod
+from mptcp_tunnel.config import CPE_ID_RE, TlsSettings
 from mtlab import procs
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
@@ -136,30 +137,55 @@ def bgw_config(
     workers: int | None = None,
     offload: str | None = None,
     tunnel: dict[str, Any] | None = None,
+    tls_dir: str | None = None,
 ) -> dict[str, Any]:
     """A BGW agent config (as a dict) listing ``cpes``.
 
     ``workers`` / ``offload`` become ``tunnel.workers`` / ``tunnel.offload`` only when given
     (an agent without the new engine rejects unknown keys).
     """
-    t: dict[str, Any] = {"port": port, "keepalive_s": keepalive_s}
+    # The load generator speaks the HMAC handshake (encryption none): it measures the engine.
+    t: dict[str, Any] = {"port": port, "keepalive_s": keepalive_s, "encryption": "none"}
     if workers is not None:
         t["workers"] = workers
     if offload is not None:
         t["offload"] = offload
     t |= tunnel or {}
+    extra: dict[str, Any] = {}
+    if tls_dir is not None:  # the agent's default: mutual TLS with the PKI from make_pki
+        t["encryption"] = "tls"
+        base = Path(tls_dir)
+        extra["tls"] = {
+            "ca_file": str(base / "ca.crt"),
+            "cert_file": str(base / "bgw1.crt"),
+            "key_file": str(base / "bgw1.key"),
+        }
     return {
         "role": "bgw",
         "log_level": log_level,
         "metrics_listen": metrics_listen,
         "tunnel": t,
+        **extra,
         "bgw": {
             "listen_address": listen_address,
+            # Every simulated CPE comes from the generator's one address: no per-source limit.
+            "max_pending_per_source": 1_000_000,
             "cpes": [
                 {"id": c.id, "secret": c.secret.decode(), "prefixes": [str(c.prefix)]} for c in cpes
             ],
         },
     }
+
+
+def make_pki(directory: str | Path, cpes: Iterable[CpeSpec]) -> str:
+    """A CA, the BGW's certificate (``bgw1``) and one per CPE, for ``--tls`` runs."""
+    from mtlab.pki import Pki
+
+    pki = Pki(Path(directory))
+    pki.issue("bgw1", "bgw")
+    for c in cpes:
+        pki.issue(c.id, "cpe")
+    return str(pki.dir)
 
 
 def write_bgw_config(
@@ -372,6 +398,9 @@ class _Conn:
         "traffic",
         "events",
         "vnet",
+        "tls",
+        "tls_up",
+        "reader",
     )
 
     def __init__(self, spec: CpeSpec, idx: int, traffic: bool) -> None:
@@ -393,6 +422,9 @@ class _Conn:
         self.traffic = traffic
         self.events = 0
         self.vnet = 0  # vnet header bytes per frame in this session (0 or VNET_HDR_LEN)
+        self.tls: tlsmod.TlsChannel | None = None  # with TLS: the record layer of this connection
+        self.tls_up = False
+        self.reader: hs.MessageReader | None = None
 
 
 class LoadGen:
@@ -422,6 +454,8 @@ class LoadGen:
         max_frame_bytes: int = 4096,
         reconnect: bool = True,
         offer_offload: bool = False,
+        tls_dir: str | None = None,
+        bgw_name: str = "bgw1",
     ) -> None:
         self.cpes = cpes
         self.target = (target[0], int(target[1]))
@@ -437,6 +471,11 @@ class LoadGen:
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.offer = hs.Feature.VNET_HDR if offer_offload else hs.Feature.NONE
+        # TLS (the agent's default): each CPE presents its own certificate <tls_dir>/<id>.crt/.key
+        # (see ``make_pki``); one client context per CPE, made at its first connect.
+        self.tls_dir = tls_dir
+        self.bgw_name = bgw_name
+        self._ctx: dict[int, Any] = {}
         self.conns = [
             _Conn(c, i, traffic_every > 0 and i % traffic_every == 0) for i, c in enumerate(cpes)
         ]
@@ -688,7 +727,7 @@ class LoadGen:
                 self._session_timer(c, now)
             elif kind == T_TRAFFIC and c.state == UP:
                 pkt = icmp_echo(c.spec.address, self.traffic_dst, c.seq)
-                self._send(c, bytes(c.vnet) + pkt if c.vnet else pkt, now)
+                self._send_app(c, bytes(c.vnet) + pkt if c.vnet else pkt, now)
                 c.seq += 1
                 self.packets_tx += 1
                 self._timer(now + self.traffic_interval_s, T_TRAFFIC, c)
@@ -702,7 +741,7 @@ class LoadGen:
         idle = now - c.last_tx
         if idle >= self.keepalive_s:
             self.keepalive_late_max_s = max(self.keepalive_late_max_s, idle - self.keepalive_s)
-            self._send(
+            self._send_app(
                 c, framing.encode_control(framing.ControlType.KEEPALIVE, vnet_hdr_len=c.vnet), now
             )
             self.keepalives_tx += 1
@@ -746,8 +785,80 @@ class LoadGen:
                 return
             c.state = CHALLENGE
             self._sel.modify(c.fd, selectors.EVENT_READ, c.idx)
+            if self.tls_dir is not None:
+                self._start_tls(c, now)
             return
         self._flush(c, now)
+
+    def _start_tls(self, c: _Conn, now: float) -> None:
+        """CLAIM, then the ClientHello; the BGW's answer arrives in ``_tls_handshake``."""
+        ctx = self._ctx.get(c.idx)
+        if ctx is None:
+            assert self.tls_dir is not None
+            base = Path(self.tls_dir)
+            ctx = tlsmod.client_context(
+                TlsSettings(
+                    str(base / "ca.crt"),
+                    str(base / f"{c.spec.id}.crt"),
+                    str(base / f"{c.spec.id}.key"),
+                )
+            )
+            self._ctx[c.idx] = ctx
+        c.tls = tlsmod.TlsChannel(ctx, server_side=False, server_hostname=self.bgw_name)
+        c.tls_up = False
+        c.reader = hs.MessageReader((hs.MsgType.ACCEPT, hs.MsgType.REJECT))
+        c.tls.handshake()
+        c.state = WELCOME
+        self._send(c, hs.encode_claim(c.spec.id) + c.tls.take(), now)
+
+    def _tls_handshake(self, c: _Conn, data: bytes, now: float) -> None:
+        tls, reader = c.tls, c.reader
+        assert tls is not None and reader is not None
+        if data.startswith(hs.MAGIC) and not c.tls_up and not c.rbuf:
+            raise hs.HandshakeError("rejected", hs.decode_reject(data[hs.HEADER.size :])[:60])
+        tls.feed(data)
+        if not c.tls_up:
+            c.tls_up = tls.handshake()
+            out = tls.take()
+            if c.tls_up:
+                tls.write(hs.encode_features(hs.MsgType.OFFER, self.offer))
+                out += tls.take()
+            if out:
+                self._send(c, out, now)
+            if not c.tls_up:
+                return
+        buf = memoryview(bytearray(hs.HEADER.size + hs.MAX_BODY))
+        while True:
+            n = tls.read_into(buf[: reader.wants()])
+            if n == 0:
+                raise hs.HandshakeError("closed", "the BGW ended TLS")
+            if n < 0:
+                return
+            got = reader.add(bytes(buf[:n]))
+            if got is not None:
+                break
+        mtype, body = got
+        if mtype == hs.MsgType.REJECT:
+            raise hs.HandshakeError("rejected", hs.decode_reject(body)[:60])
+        features = hs.decode_features(body)
+        c.vnet = VNET_HDR_LEN if features & self.offer & hs.Feature.VNET_HDR else 0
+        self._up(c, now)
+        rest = memoryview(bytearray(65536))
+        n = tls.read_into(rest)
+        if n > 0:
+            assert c.parser is not None
+            self._frames(c, c.parser.feed(bytes(rest[:n])))
+
+    def _send_app(self, c: _Conn, data: bytes, now: float) -> None:
+        """Tunnel data (keepalives, packets): inside TLS when the session has it."""
+        if c.tls is not None:
+            try:
+                c.tls.write(data)
+            except tlsmod.TlsError as exc:
+                self._drop(c, exc.reason, now)
+                return
+            data = c.tls.take()
+        self._send(c, data, now)
 
     def _send(self, c: _Conn, data: bytes, now: float) -> None:
         c.last_tx = now
@@ -785,18 +896,34 @@ class LoadGen:
         try:
             if c.state == UP:
                 assert c.parser is not None
-                n = sock.recv_into(c.parser.recv_buffer())
-                if n == 0:
-                    self._drop(c, "closed_by_bgw", now)
-                    return
+                if c.tls is not None:
+                    room = c.parser.recv_buffer()
+                    data = sock.recv(max(1, len(room) - c.tls.incoming.pending))
+                    if not data:
+                        self._drop(c, "closed_by_bgw", now)
+                        return
+                    c.tls.feed(data)
+                    n = c.tls.read_into(room)
+                    if n <= 0:
+                        if n == 0:
+                            self._drop(c, "tls_closed", now)
+                        return
+                else:
+                    n = sock.recv_into(c.parser.recv_buffer())
+                    if n == 0:
+                        self._drop(c, "closed_by_bgw", now)
+                        return
                 c.last_rx = now
                 self._frames(c, c.parser.received(n))
                 return
-            data = sock.recv(4096)
+            data = sock.recv(65536)
         except BlockingIOError:
             return
         except framing.FrameError as exc:
             self._drop(c, f"frame_{exc.reason}", now)
+            return
+        except tlsmod.TlsError as exc:
+            self._drop(c, f"tls_{exc.reason}", now)
             return
         except OSError as exc:
             self._lost(c, _reason(exc), now)
@@ -804,10 +931,15 @@ class LoadGen:
         if not data:
             self._fail(c, "closed_in_handshake", now)
             return
-        c.rbuf += data
         try:
-            self._handshake(c, now)
+            if c.tls is not None:
+                self._tls_handshake(c, data, now)
+            else:
+                c.rbuf += data
+                self._handshake(c, now)
         except hs.HandshakeError as exc:
+            self._fail(c, exc.reason, now)
+        except tlsmod.TlsError as exc:
             self._fail(c, exc.reason, now)
 
     def _handshake(self, c: _Conn, now: float) -> None:
@@ -917,6 +1049,7 @@ class LoadGen:
                     self._sel.unregister(c.fd)
             c.sock.close()
         c.sock, c.fd, c.state, c.parser = None, -1, IDLE, None
+        c.tls, c.reader, c.tls_up = None, None, False
         c.gen += 1
         c.out.clear()
         c.rbuf.clear()
@@ -1025,6 +1158,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--offer-offload", action="store_true", help="offer VNET_HDR (TUN offload) in HELLO"
         )
+        sp.add_argument("--tls", action="store_true", help="mutual TLS 1.3 (a throw-away PKI)")
 
     r = sub.add_parser("run", help="play N CPEs against a running BGW")
     fleet_args(r)
@@ -1082,8 +1216,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             lg.stop()
     else:
+        import tempfile
+
         from mtlab.fleetlab import FleetLab
 
+        pki_tmp = tempfile.TemporaryDirectory(prefix="mt-lg-pki-") if args.tls else None
+        tls_dir = make_pki(pki_tmp.name, cpes) if pki_tmp is not None else None
         with FleetLab() as fl:
             fl.start_bgw(
                 bgw_config(
@@ -1093,6 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
                     keepalive_s=args.keepalive_s,
                     workers=args.workers,
                     offload=args.offload,
+                    tls_dir=tls_dir,
                 ),
                 nofile=max(65536, 8 * args.n + 1024),
             )
@@ -1105,6 +1244,7 @@ def main(argv: list[str] | None = None) -> int:
                 traffic_every=args.traffic_every,
                 max_inflight=args.max_inflight,
                 offer_offload=args.offer_offload,
+                tls_dir=tls_dir,
             )
             try:
                 out = run_phases(

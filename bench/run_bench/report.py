@@ -86,6 +86,30 @@ def _simple_table(data: dict[str, Any], extra: list[tuple[str, str]]) -> list[st
     return lines
 
 
+# Scenarios whose points are not throughput: the fields worth a column.
+SECURITY_COLUMNS = {
+    "fuzz": ("frames", "frames_per_s", "frame_errors", "handshakes", "handshakes_per_s", "crashes"),
+    "tls_handshakes": ("handshakes", "bgw_handshakes_per_core_s", "bgw_cpu_ms_per_handshake"),
+    "lockout": (
+        "addresses",
+        "attacker_open_max",
+        "p50_connect_s",
+        "max_connect_s",
+        "failed_attempts",
+        "bgw_alive",
+    ),
+}
+
+
+def _field_table(data: dict[str, Any], fields: tuple[str, ...]) -> list[str]:
+    lines = ["| contender | " + " | ".join(fields) + " |", "|---|" + "---:|" * len(fields)]
+    for p in data["points"]:
+        lines.append(
+            "| " + " | ".join([p["contender"], *(str(p.get(f, "–")) for f in fields)]) + " |"
+        )
+    return lines
+
+
 FLEET_COLUMNS = (
     ("sessions", "sessions", 0),
     ("setup_per_s", "setup /s", 0),
@@ -163,6 +187,8 @@ def markdown(out_dir: Path) -> str:
                 )
         elif scenario == "fleet_scale":
             lines += _fleet_table(data)
+        elif scenario in SECURITY_COLUMNS:
+            lines += _field_table(data, SECURITY_COLUMNS[scenario])
         elif scenario == "fairness":
             lines += [
                 "| condition | victim Mbit/s (mean ± sd) | ping p50 ms | ping p99 ms |"

@@ -23,9 +23,12 @@ SCENARIOS = (
     "latency",
     "fleet_scale",
     "fairness",
+    "fuzz",
+    "tls_handshakes",
+    "lockout",
 )
-# Scenarios that build their own namespaces instead of using the netns lab.
-STANDALONE = ("fleet_scale", "fairness")
+# Scenarios that build their own namespaces (or need none) instead of using the netns lab.
+STANDALONE = ("fleet_scale", "fairness", "fuzz", "tls_handshakes", "lockout")
 
 
 def now_iso() -> str:

@@ -22,7 +22,9 @@ from run_bench.contenders import (
 )
 from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
+from run_bench.lockout import lockout
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
+from run_bench.security import fuzz, tls_handshakes
 
 DEFAULT_LINKS = {
     "fixed": {"rate_mbit": 10.0, "delay_ms": 25.0, "loss_pct": 0.0},
@@ -99,10 +101,13 @@ class Settings:
             "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
             "many_flows": len(self.flows) * len(self.flows_contenders) * r,
-            "datapath_ceiling": 3 * r,
+            "datapath_ceiling": 4 * r,
             "latency": 2 * len(self.latency_contenders),
             "fleet_scale": len(self.fleet_sizes),
             "fairness": 2 * r,
+            "fuzz": 2,
+            "tls_handshakes": 1,
+            "lockout": 1,
         }[scenario]
 
 
@@ -450,7 +455,13 @@ def datapath_ceiling(
     res.notes.append("no tbf, no delay, no loss on either access link (veth pairs only)")
     try:
         means = {}
-        for contender in ("raw-mptcp", "mptcp-tunnel-perpacket", "mptcp-tunnel-offload"):
+        contenders = (
+            "raw-mptcp",
+            "mptcp-tunnel-perpacket",
+            "mptcp-tunnel-offload",
+            "mptcp-tunnel-offload-tls",
+        )
+        for contender in contenders:
             runs, cpu = [], []
             for rep in range(s.reps):
                 agents.ensure(path_of(contender).agents)
@@ -470,12 +481,25 @@ def datapath_ceiling(
             extra: dict[str, Any] = {"retransmits": [r.retransmits for r in runs]}
             if contender != "raw-mptcp":
                 extra["cpu_s_per_gb"] = cpu
+            if contender.startswith("mptcp-tunnel-offload"):  # idle RTT, to see what TLS adds
+                agents.ensure(path_of(contender).agents)
+                idle = ping_rtts(lab, "client", SERVER, count=100, interval=0.02)
+                extra["idle_p50_ms"] = percentile(idle, 50)
+                extra["idle_p99_ms"] = percentile(idle, 99)
             p = res.add_point(contender, [r.mbps for r in runs], **extra)
             means[contender] = p["mean_mbps"]
             if means.get("raw-mptcp") and p["mean_mbps"] is not None and contender != "raw-mptcp":
                 p["ratio_to_raw"] = round(p["mean_mbps"] / means["raw-mptcp"], 4)
                 res.notes.append(f"{contender} / raw MPTCP = {p['ratio_to_raw']}")
             save(res)
+        tls_p = next((p for p in res.points if p["contender"] == "mptcp-tunnel-offload-tls"), None)
+        plain = next((p for p in res.points if p["contender"] == "mptcp-tunnel-offload"), None)
+        if tls_p and plain and tls_p.get("idle_p50_ms") and plain.get("idle_p50_ms"):
+            added = round(tls_p["idle_p50_ms"] - plain["idle_p50_ms"], 3)
+            res.notes.append(f"idle RTT p50 added by TLS: {added} ms (target <= 0.3 ms)")
+        if tls_p and plain and tls_p["mean_mbps"] and plain["mean_mbps"]:
+            ratio = round(tls_p["mean_mbps"] / plain["mean_mbps"], 3)
+            res.notes.append(f"offload with TLS / without = {ratio}")
     finally:
         for name in ("fixed", "cellular"):
             linkctl.reshape(lab, name)
@@ -596,4 +620,7 @@ StandaloneRunner = Callable[[Settings, Progress, Callable[[ScenarioResult], None
 STANDALONE_RUNNERS: dict[str, StandaloneRunner] = {
     "fleet_scale": fleet_scale,
     "fairness": fairness,
+    "fuzz": fuzz,
+    "tls_handshakes": tls_handshakes,
+    "lockout": lockout,
 }

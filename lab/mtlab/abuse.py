@@ -2,8 +2,9 @@
 
 1. ``garbage-tcp``: plain TCP connection, random bytes (the BGW requires MPTCP);
 2. ``garbage-mptcp``: MPTCP connection, random bytes instead of the HELLO;
-3. ``malformed-frame``: MPTCP connection, a correct handshake as CPE ``--cpe-id`` with
-   ``--secret``, then an IPv4 header whose total length (8) is shorter than the header itself.
+3. ``malformed-frame``: MPTCP connection, a correct handshake as the CPE of ``--config`` (TLS or
+   the HMAC handshake, as that config says), then an IPv4 header whose total length (8) is shorter
+   than the header itself.
 
 Prints one JSON object: per case, whether the BGW closed the connection afterwards.
 """
@@ -47,22 +48,24 @@ def garbage(host: str, port: int, proto: int) -> bool:
         return _drain(sock)
 
 
-def malformed_frame(host: str, port: int, cpe_id: str, secret: bytes) -> bool:
+def malformed_frame(host: str, port: int, config: str) -> bool:
+    from mptcp_tunnel import exchange
     from mptcp_tunnel import handshake as hs
-    from mptcp_tunnel.exchange import read_message
+    from mptcp_tunnel.config import load_config
+    from mptcp_tunnel.tls import client_context
 
+    cfg = load_config(config)
+    assert cfg.cpe is not None
+    bad = bytes([0x45, 0, 0, 8]) + bytes(16)  # IPv4, total length 8 < 20-byte header
     with _connect(host, port, IPPROTO_MPTCP) as sock:
-        mtype, body = read_message(sock)
-        if mtype != hs.MsgType.CHALLENGE:
-            raise ValueError(f"expected CHALLENGE, got {mtype.name}")
-        server_nonce = hs.decode_challenge(body)
-        client_nonce = hs.new_nonce()
-        sock.sendall(hs.encode_hello(cpe_id, secret, server_nonce, client_nonce, hs.Feature.NONE))
-        mtype, body = read_message(sock)
-        if mtype != hs.MsgType.WELCOME:
-            raise ValueError(f"BGW answered {mtype.name}: {body[:200]!r}")
-        bad = bytes([0x45, 0, 0, 8]) + bytes(16)  # IPv4, total length 8 < 20-byte header
-        sock.sendall(bad)
+        if cfg.tls is None:
+            exchange.client_handshake(sock, cfg.cpe, hs.Feature.NONE)
+            sock.sendall(bad)
+        else:
+            ctx = client_context(cfg.tls)
+            _features, channel, _rest = exchange.client_tls(sock, cfg.cpe, ctx, hs.Feature.NONE)
+            channel.write(bad)
+            sock.sendall(channel.take())
         return _drain(sock)
 
 
@@ -70,16 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtlab.abuse")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cpe-id", required=True)
-    parser.add_argument("--secret", required=True)
+    parser.add_argument("--config", required=True, help="the CPE's agent config")
     args = parser.parse_args(argv)
     try:
         result = {
             "garbage-tcp": garbage(args.host, args.port, socket.IPPROTO_TCP),
             "garbage-mptcp": garbage(args.host, args.port, IPPROTO_MPTCP),
-            "malformed-frame": malformed_frame(
-                args.host, args.port, args.cpe_id, args.secret.encode()
-            ),
+            "malformed-frame": malformed_frame(args.host, args.port, args.config),
         }
     except (OSError, ValueError) as exc:
         print(f"abuse: {exc}", file=sys.stderr)

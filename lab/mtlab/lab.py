@@ -353,12 +353,25 @@ class Lab:
         raise LabError("mptcp-tunnel not installed in the venv (run `make setup`)")
 
     def agent_config(self, role: str) -> dict[str, Any]:
-        """The agent config the lab uses: the example file (same values as the lab plan)."""
+        """The agent config the lab uses: the example file (same values as the lab plan), with TLS
+        from the lab's own throw-away PKI (made once per lab in its state dir)."""
         with open(EXAMPLES / f"{role}.yaml") as fh:
             cfg: dict[str, Any] = yaml.safe_load(fh)
+        if cfg.get("tunnel", {}).get("encryption", "tls") == "tls":
+            stem = cfg["cpe"]["id"] if role == "cpe" else cfg["bgw"].get("name", "bgw1")
+            cfg["tls"] = self.pki().tls_section(stem, crl=role == "bgw")
         return cfg
 
+    def pki(self) -> Any:
+        from mtlab.pki import Pki, lab_pki
+
+        directory = self.state_dir / "pki"
+        if not (directory / "ca.crt").exists() or not (directory / "ca-crl.pem").exists():
+            return lab_pki(directory, ["cpe1"])
+        return Pki.existing(directory)
+
     def write_agent_config(self, role: str, cfg: dict[str, Any] | None = None) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / f"{role}.yaml"
         path.write_text(yaml.safe_dump(cfg if cfg is not None else self.agent_config(role)))
         return path

@@ -102,10 +102,8 @@ def test_garbage_and_malformed_frame_do_not_kill_the_bgw(tunnel: Lab) -> None:
             "10.1.0.2",
             "--port",
             str(cfg["tunnel"]["port"]),
-            "--cpe-id",
-            cfg["cpe"]["id"],
-            "--secret",
-            cfg["cpe"]["secret"],
+            "--config",
+            str(tunnel.write_agent_config("cpe-abuse", cfg)),
         ),
         timeout=60,
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pki import Pki, lab_pki
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -36,6 +37,7 @@ class Pair:
     cpe: str
     bgw: str
     tmp: Path
+    pki: Pki
 
     def python(self, ns: str, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -47,6 +49,9 @@ class Pair:
 
     def config(self, role: str, **changes: Any) -> Path:
         doc = yaml.safe_load((EXAMPLES / f"{role}.yaml").read_text())
+        # The pair's own PKI; ``tls__cert_file=...`` and friends override it.
+        stem = str(changes.get("cpe__id", "cpe1")) if role == "cpe" else "bgw1"
+        doc["tls"] = self.pki.tls_section(stem, crl=role == "bgw")
         for dotted, value in changes.items():
             node = doc
             *parents, last = dotted.split("__")
@@ -124,7 +129,7 @@ class Agent:
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
     tag = uuid.uuid4().hex[:6]
-    p = Pair(f"mtu-c{tag}", f"mtu-b{tag}", tmp_path)
+    p = Pair(f"mtu-c{tag}", f"mtu-b{tag}", tmp_path, lab_pki(tmp_path / "pki", ["cpe1", "cpe2", "cpe3"]))
     agents: list[Agent] = []
     for ns in (p.cpe, p.bgw):
         sh("ip", "netns", "add", ns)
@@ -185,16 +190,17 @@ def client(pair: Pair, body: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bgw_survives_garbage_bad_auth_and_malformed_frames(pair: Pair) -> None:
-    bgw = pair.start("bgw", pair.config("bgw"))
+    """encryption none: the HMAC handshake and a plaintext stream."""
+    bgw = pair.start("bgw", pair.config("bgw", tunnel__encryption="none"))
     bgw.wait_log("BGW listening")
 
-    # 1. plain TCP (no MPTCP at all): refused as a fallback.
+    # 1. plain TCP (no MPTCP at all): closed at once, before it costs anything.
     plain = pair.python(
         pair.cpe,
         "import socket; s = socket.create_connection(('10.1.0.2', 7440)); "
-        "s.settimeout(10); print(s.recv(100).decode(errors='replace'))",
+        "s.settimeout(10); print('closed:', s.recv(100) == b'')",
     )
-    assert plain.returncode == 0 and "MPTCP is required" in plain.stdout
+    assert plain.returncode == 0 and "closed: True" in plain.stdout
     # 2. MPTCP, then garbage instead of a HELLO.
     assert client(pair, "s.recv(100); s.sendall(b'\\x99' * 64); s.recv(100)").returncode == 0
     # 3. a HELLO signed with the wrong secret.
@@ -206,7 +212,7 @@ try:
     exchange.client_handshake(s, cpe, hs.Feature.NONE)
 except exchange.Rejected as exc:
     print("rejected:", exc)
-""".format(cfg=str(pair.config("cpe", cpe__secret="not-the-right-secret"))),
+""".format(cfg=str(pair.config("cpe", cpe__secret="not-the-right-secret", tunnel__encryption="none"))),
     )
     assert "rejected: authentication failed" in wrong.stdout, wrong.stderr
     # 4. a valid session that then sends a frame with a bad version nibble.
@@ -217,7 +223,7 @@ cpe = load_config({cfg!r}).cpe
 exchange.client_handshake(s, cpe, hs.Feature.NONE)
 s.sendall(b"\\x99" * 40)
 print("closed by bgw:", s.recv(100) == b"")
-""".format(cfg=str(pair.config("cpe"))),
+""".format(cfg=str(pair.config("cpe", tunnel__encryption="none"))),
     )
     assert "closed by bgw: True" in bad_frame.stdout, bad_frame.stderr
 
@@ -230,7 +236,7 @@ print("closed by bgw:", s.recv(100) == b"")
     assert "Traceback" not in bgw.log.read_text()
 
     # The real CPE still gets a working session afterwards.
-    cpe = pair.start("cpe", pair.config("cpe"))
+    cpe = pair.start("cpe", pair.config("cpe", tunnel__encryption="none"))
     bgw.wait_log("CPE cpe1: session up")
     cpe.wait_log("session up via the fixed link")
     assert cpe.stop() == 0
@@ -368,7 +374,8 @@ def test_a_lost_subflow_and_a_flushed_link_route_come_back(pair: Pair) -> None:
 def test_silent_connections_do_not_lock_a_cpe_out_and_time_out(pair: Pair) -> None:
     bgw = pair.start("bgw", pair.config("bgw"))
     bgw.wait_log("BGW listening")
-    # 80 connections that never say a word, held for longer than the handshake deadline.
+    # 80 connections from one source (the cellular address) that never say a word, held for longer
+    # than the handshake deadline: 8 are pending (the per-source limit), the rest closed at once.
     flood = subprocess.Popen(
         [
             "ip",
@@ -382,6 +389,7 @@ import socket, time
 held = []
 for _ in range(80):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.bind(("10.2.0.1", 0))
     s.connect(("10.1.0.2", 7440))
     held.append(s)
 print("holding", flush=True)
@@ -402,9 +410,12 @@ time.sleep(13)
             flood.wait()
     timeouts = 'mptcp_tunnel_handshake_failures_total{reason="timeout"}'
     wait_for(
-        lambda: pair.metrics(pair.bgw).get(timeouts, 0) >= 80,
+        lambda: pair.metrics(pair.bgw).get(timeouts, 0) >= 8,
         timeout=5,
-        what="every silent connection timed out (one deadline per handshake)",
+        what="every pending silent connection timed out (one deadline per handshake)",
     )
+    m = pair.metrics(pair.bgw)
+    assert m[timeouts] == 8
+    assert m['mptcp_tunnel_handshake_failures_total{reason="too_many_from_source"}'] == 72
     assert bgw.proc.poll() is None
     assert cpe.stop() == 0 and bgw.stop() == 0

@@ -57,7 +57,6 @@ DELETE = object()
         ("cpe.yaml", "cpe.links.0.interface", "a-name-far-too-long", "cpe.links[0].interface:"),
         ("cpe.yaml", "cpe.policy", "overflow", "cpe.policy: 'overflow' is not one of aggregate, backup"),
         ("cpe.yaml", "cpe.id", "CPE_1", "cpe.id: 'CPE_1' must match"),
-        ("cpe.yaml", "cpe.secret", "short", "cpe.secret: shorter than 8 bytes"),
         ("cpe.yaml", "cpe.bgw_address", DELETE, "cpe.bgw_address: missing (required)"),
         ("cpe.yaml", "cpe.routes", ["10.0.0.1/8"], "cpe.routes[0]: '10.0.0.1/8' is not a prefix"),
         ("cpe.yaml", "role", "router", "role: 'router' is not one of cpe, bgw"),
@@ -97,6 +96,7 @@ def test_a_section_of_the_other_role_is_refused() -> None:
 def test_secret_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "cpe1.secret").write_text("s3cret-from-a-file\n")
     doc = example("cpe.yaml")
+    doc["tunnel"]["encryption"] = "none"
     del doc["cpe"]["secret"]
     doc["cpe"]["secret_file"] = "cpe1.secret"
     cfg = parse_config(doc, str(tmp_path / "cpe.yaml"))
@@ -120,6 +120,17 @@ def test_not_a_mapping(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
+def with_pki(doc: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The example with a real (throw-away) PKI, so that check-config can load it."""
+    from pki import Pki
+
+    pki = Pki(tmp_path / "pki")
+    stem = "cpe1" if doc["role"] == "cpe" else "bgw1"
+    pki.issue(stem, doc["role"])
+    doc["tls"] = pki.tls_section(stem)
+    return doc
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mptcp_tunnel", *args], capture_output=True, text=True, timeout=60
@@ -127,8 +138,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
-    ok = run_cli("check-config", str(EXAMPLES / "cpe.yaml"))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(with_pki(example("cpe.yaml"), tmp_path)))
+    ok = run_cli("check-config", str(good))
     assert ok.returncode == 0 and "OK" in ok.stdout
+    nopki = run_cli("check-config", str(EXAMPLES / "cpe.yaml"))  # /etc/mptcp-tunnel/pki is not here
+    assert nopki.returncode == 2 and "tls.ca_file: cannot load /etc/mptcp-tunnel/pki/ca.crt" in nopki.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(mutate("cpe.yaml", "tunnel.port", 70000)))
     res = run_cli("check-config", str(bad))
@@ -151,8 +166,80 @@ def test_bad_command_line_exits_2_with_usage() -> None:
 
 def test_unavailable_congestion_control_is_a_config_error_at_start(tmp_path: Path) -> None:
     cfg = tmp_path / "cc.yaml"
-    cfg.write_text(yaml.safe_dump(mutate("cpe.yaml", "tunnel.congestion_control", "warp-drive")))
+    doc = with_pki(mutate("cpe.yaml", "tunnel.congestion_control", "warp-drive"), tmp_path)
+    cfg.write_text(yaml.safe_dump(doc))
     assert run_cli("check-config", str(cfg)).returncode == 0  # fine on another host ...
     res = run_cli("run", "--config", str(cfg))  # ... but not on this one
     assert res.returncode == 2
     assert "tunnel.congestion_control: 'warp-drive' is not available here" in res.stderr
+
+
+def test_mixed_type_keys_are_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    bad = tmp_path / "mixed.yaml"
+    bad.write_text("role: bgw\n1: x\nzz: y\n")
+    with pytest.raises(ConfigError, match="top level: key 1 is not a name"):
+        load_config(str(bad))
+
+
+def none_bgw(cpes: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = example("bgw.yaml")
+    doc["tunnel"]["encryption"] = "none"
+    doc["bgw"]["cpes"] = cpes
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("cpes", "listen", "message"),
+    [
+        ([{"id": "a", "secret": "s" * 16, "prefixes": ["0.0.0.0/0"]}], None, "is a default route"),
+        ([{"id": "a", "secret": "s" * 16, "prefixes": ["::/0"]}], None, "is a default route"),
+        (
+            [{"id": "a", "secret": "s" * 16, "prefixes": ["10.1.0.0/16"]}],
+            "10.1.0.2",
+            "holds the BGW's address",
+        ),
+        (
+            [
+                {"id": "a", "secret": "s" * 16, "prefixes": ["10.9.0.0/24"]},
+                {"id": "b", "secret": "s" * 16, "prefixes": ["10.8.0.0/24"]},
+            ],
+            None,
+            "CPEs 'a' and 'b' share a secret",
+        ),
+        ([{"id": "a", "secret": "s" * 15, "prefixes": ["10.9.0.0/24"]}], None, "shorter than 16 bytes"),
+    ],
+    ids=["default-v4", "default-v6", "own-address", "shared-secret", "short-secret"],
+)
+def test_dangerous_bgw_configs_are_refused(
+    cpes: list[dict[str, Any]], listen: str | None, message: str
+) -> None:
+    doc = none_bgw(cpes)
+    if listen:
+        doc["bgw"]["listen_address"] = listen
+    with pytest.raises(ConfigError, match=message):
+        parse_config(doc, "bgw.yaml")
+
+
+def test_tls_needs_its_files_and_the_bgw_name() -> None:
+    doc = example("cpe.yaml")
+    del doc["cpe"]["bgw_name"]
+    with pytest.raises(ConfigError, match="cpe.bgw_name: missing"):
+        parse_config(doc, "cpe.yaml")
+    doc = example("bgw.yaml")
+    del doc["tls"]
+    with pytest.raises(ConfigError, match="tls: missing"):
+        parse_config(doc, "bgw.yaml")
+    doc = example("bgw.yaml")
+    doc["tunnel"]["encryption"] = "none"
+    del doc["tls"]
+    cfg = parse_config(doc, "bgw.yaml")
+    assert cfg.tls is None and cfg.bgw is not None and cfg.bgw.cpes[0].secret == b"lab-secret-cpe1-0123"
+
+
+def test_the_per_source_limit_is_a_positive_integer() -> None:
+    cfg = parse_config(example("bgw.yaml"), "bgw.yaml")
+    assert cfg.bgw is not None and cfg.bgw.max_pending_per_source == 8
+    doc = example("bgw.yaml")
+    doc["bgw"]["max_pending_per_source"] = 0
+    with pytest.raises(ConfigError, match=r"bgw.max_pending_per_source: 0 is out of range 1\.\.1000000"):
+        parse_config(doc, "bgw.yaml")

@@ -18,7 +18,8 @@ from mptcp_tunnel.config import ConfigError, parse_config
 
 
 def bgw_doc(cpes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"role": "bgw", "bgw": {"listen_address": "0.0.0.0", "cpes": cpes}}
+    tls = {"ca_file": "ca.crt", "cert_file": "bgw.crt", "key_file": "bgw.key"}  # read only at start
+    return {"role": "bgw", "tls": tls, "bgw": {"listen_address": "0.0.0.0", "cpes": cpes}}
 
 
 def fleet(n: int) -> list[dict[str, Any]]:
@@ -73,10 +74,10 @@ def test_overlap_within_one_cpe_and_equal_ipv6_prefixes() -> None:
 
 
 def test_v4_and_v6_never_overlap_each_other() -> None:
-    # ::/0 would contain the IPv4-mapped form numerically; families are checked separately.
+    # ::/1 would contain the IPv4-mapped form numerically; families are checked separately.
     cpes = [
-        {"id": "v4", "secret": "secret-v4", "prefixes": ["0.0.0.0/0"]},
-        {"id": "v6", "secret": "secret-v6", "prefixes": ["::/0"]},
+        {"id": "v4", "secret": "secret-v4", "prefixes": ["0.0.0.0/1"]},
+        {"id": "v6", "secret": "secret-v6", "prefixes": ["::/1"]},
     ]
     assert parse_config(bgw_doc(cpes), "bgw.yaml").bgw is not None
 

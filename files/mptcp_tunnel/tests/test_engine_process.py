@@ -30,7 +30,7 @@ def secret(cpe: str) -> str:
 
 
 def bgw_config(pair: Pair, cpes: list[str], **tunnel: Any) -> Path:
-    doc = yaml.safe_load(pair.config("bgw").read_text())
+    doc = yaml.safe_load(pair.config("bgw", tunnel__encryption="none").read_text())
     doc["bgw"]["cpes"] = [{"id": c, "secret": secret(c), "prefixes": [PREFIX[c]]} for c in cpes]
     doc["tunnel"].update(tunnel)
     path = pair.tmp / "bgw-engine.yaml"
@@ -39,7 +39,7 @@ def bgw_config(pair: Pair, cpes: list[str], **tunnel: Any) -> Path:
 
 
 def cpe_config(pair: Pair, cpe: str) -> Path:
-    return pair.config("cpe", cpe__id=cpe, cpe__secret=secret(cpe))
+    return pair.config("cpe", cpe__id=cpe, cpe__secret=secret(cpe), tunnel__encryption="none")
 
 
 def echo_server(pair: Pair) -> subprocess.Popen[bytes]:

@@ -1,16 +1,21 @@
 """BGW control process: configuration, TUN devices and routes, admission, "one session per CPE".
 
-It never touches a data byte. Authenticated connections are handed, with a duplicate of the CPE's TUN
-fd, to a worker process (``engine.worker``) chosen by the CPE id, so one CPE always lands on the same
-worker and a reconnect replaces the old session inside that worker's loop. Everything here runs in one
-event loop: the listener, every pending handshake (one deadline for the whole exchange), the worker
-channels, signals, the watchdog and reloads.
+It never touches a data byte. With TLS (the default) it reads only a connection's CLAIM (the CPE id it
+says it is, <= 70 bytes) and hands the raw connection, with a duplicate of that CPE's TUN fd, to the
+worker process (``engine.worker``) chosen by the CPE id; the worker runs TLS and decides. One CPE always
+lands on the same worker, so a reconnect replaces the old session inside that worker's loop. With
+``encryption: none`` the HMAC handshake runs here and authenticated connections are handed over.
+
+Admission no attacker can block: one deadline for the whole handshake (claim + TLS + exchange), at most
+``bgw.max_pending_per_source`` handshakes per source address (IPv6: per /64), a global budget sized by memory
+(``pending_budget``); plain-TCP connections are closed right after accept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
@@ -36,9 +42,12 @@ from mptcp_tunnel.tun import remove_routes as remove_tun_routes
 
 log = logging.getLogger("mptcp_tunnel.bgw")
 
-# Beyond this, new connections are closed at once (flood guard). A pending handshake costs ~2 KB here
-# plus its socket: 16 384 of them are ~32 MB, and a whole fleet reconnecting at once fits.
-MAX_PENDING_HANDSHAKES = 16384
+# Pending handshakes (claim or TLS not finished), all sources together: beyond the budget new
+# connections are closed at once. One costs at most PENDING_COST (its socket's queues, a TLS object in a
+# worker, a duplicated TUN fd); the budget is 1/16 of the memory available at start, within these bounds.
+PENDING_COST = 64 * 1024
+MIN_PENDING_BUDGET = 1024
+MAX_PENDING_BUDGET = 65536
 LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 ACCEPT_BUDGET = 128  # accepts per loop turn
 ACCEPT_PAUSE_S = 0.2  # after EMFILE and friends: let sessions and handshakes free fds first
@@ -61,16 +70,68 @@ class CpeSlot:
     tun_fd: int
     index: int
     worker: int
-    generation: int = 0
+    generation: int = 0  # of the latest connection handed to the worker
     up: bool = False
+    live_gen: int = 0  # of the session that is up
 
 
 @dataclass
 class Pending:
     conn: socket.socket
     peer: str
+    source: str  # the key of the per-source limit
     deadline: float
-    machine: hs.ServerHandshake
+    machine: hs.ServerHandshake | None  # encryption none
+    claim: hs.MessageReader | None = None  # encryption tls
+
+
+def source_key(peer: str) -> str:
+    """Per-source accounting: an IPv4 address, or an IPv6 /64 (one host can hold a whole /64)."""
+    addr = ipaddress.ip_address(peer)
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{peer}/64", strict=False))
+    return peer
+
+
+def pending_budget(cpes: int) -> int:
+    """How many handshakes may be pending at once, from MemAvailable and the fd limit.
+
+    A pending handshake holds at most 2 fds in one process (a worker: the socket and the TUN dup; the
+    control process holds 1 while it reads the CLAIM); every process has the same limit and the
+    control process also holds one TUN fd per CPE.
+    """
+    try:
+        with open("/proc/meminfo") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        kib = 1 << 20
+    import resource
+
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    budget = kib * 1024 // 16 // PENDING_COST
+    return max(MIN_PENDING_BUDGET, min(MAX_PENDING_BUDGET, budget, max(64, (fds - cpes - 256) // 2)))
+
+
+class LogLimiter:
+    """At most ``burst`` lines per ``period`` s per kind; the rest are counted and summarised, so a flood of
+    bad connections cannot flood the journal."""
+
+    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self._window: dict[str, tuple[float, int]] = {}
+
+    def allow(self, kind: str) -> bool:
+        now = time.monotonic()
+        start, count = self._window.get(kind, (now, 0))
+        if now - start >= self.period:
+            if count > self.burst:
+                suppressed = count - self.burst
+                log.warning("%d more %s message(s) suppressed in %.0f s", suppressed, kind, self.period)
+            start, count = now, 0
+        self._window[kind] = (start, count + 1)
+        return count < self.burst
 
 
 @dataclass
@@ -97,6 +158,11 @@ class BgwAgent:
         self.listener: socket.socket | None = None
         self.offload = cfg.tunnel.offload != "off" and offload_supported()
         self._last_accept_log = 0.0
+        self.budget = pending_budget(len(cfg.bgw.cpes))
+        self.per_source: dict[str, int] = {}
+        self.admitting: dict[tuple[str, int], tuple[str, int]] = {}  # (cpe, gen) -> (source, worker)
+        self.limiter = LogLimiter()
+        self.own_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
         runtime.on_reload = self.reload
 
     # --- main --------------------------------------------------------------------------------------
@@ -118,6 +184,7 @@ class BgwAgent:
                 log.error("tunnel.offload is on but this kernel's TUN driver refuses offload")
                 return exitcodes.RUNTIME_ERROR
             delete_group(self.group, self.ipr)  # leftovers of a process that was killed
+            self.own_addresses = self._local_addresses()
             self._sync_slots(self.cfg.bgw.cpes)
             for handle in self.workers:
                 self._spawn(handle)
@@ -128,12 +195,17 @@ class BgwAgent:
             self.loop.call_every(0.5, self._tick)
             sdnotify.notify("READY=1")
             log.info(
-                "BGW listening on %s port %d for %d CPE(s), %d worker(s), offload %s",
+                "BGW listening on %s port %d for %d CPE(s), %d worker(s), offload %s, %s, "
+                "pending handshakes <= %d (<= %d per source)%s",
                 listen,
                 self.cfg.tunnel.port,
                 len(self.slots),
                 self.nworkers,
                 "offered" if self.offload else "off",
+                "TLS 1.3" if self.cfg.tls is not None else "NO encryption",
+                self.budget,
+                self.cfg.bgw.max_pending_per_source,
+                f", name {self.cfg.bgw.name}" if self.cfg.bgw.name else "",
             )
             self.loop.run(self.rt.stop.is_set)
         finally:
@@ -147,7 +219,8 @@ class BgwAgent:
         for fd, pending in list(self.pending.items()):
             if now >= pending.deadline:
                 metrics.HANDSHAKE_FAILURES.labels("timeout").inc()
-                log.warning("handshake with %s timed out", pending.peer)
+                if self.limiter.allow("handshake timeout"):
+                    log.warning("handshake with %s timed out", pending.peer)
                 self._drop_pending(fd)
         for handle in self.workers:
             if handle.proc is not None and handle.proc.poll() is not None:
@@ -204,12 +277,21 @@ class BgwAgent:
         theirs.close()
         handle.chan = ours
         ours.setblocking(False)
-        channel.send(ours, {"op": "settings", "tunnel": self._tunnel_dict()})
+        channel.send(ours, self._settings_message())
         self.loop.register(ours.fileno(), IN, lambda _e: self._on_worker(handle))
 
     def _tunnel_dict(self) -> dict[str, Any]:
         t = self.cfg.tunnel
         return {k: getattr(t, k) for k in t.__dataclass_fields__}
+
+    def _settings_message(self) -> dict[str, Any]:
+        tls = self.cfg.tls
+        return {
+            "op": "settings",
+            "tunnel": self._tunnel_dict(),
+            "tls": None if tls is None else {k: getattr(tls, k) for k in tls.__dataclass_fields__},
+            "offload": self.offload,
+        }
 
     def _worker_died(self, handle: WorkerHandle) -> None:
         if handle.proc is None:
@@ -221,6 +303,10 @@ class BgwAgent:
             handle.chan.close()
             handle.chan = None
         handle.proc = None
+        for key, (source, worker) in list(self.admitting.items()):
+            if worker == handle.index:  # its handshakes died with it
+                del self.admitting[key]
+                self._release_source(source)
         lost = sorted(handle.cpes)
         for cpe_id in lost:
             slot = self.slots.get(cpe_id)
@@ -290,10 +376,14 @@ class BgwAgent:
                 metrics.FRAME_ERRORS.labels(reason.split(": ", 2)[1]).inc()
             elif reason.startswith("fallback"):
                 metrics.FALLBACKS.inc()
+            elif reason.startswith("stream_stalled"):
+                metrics.STREAM_STALLS.inc()
             slot = self.slots.get(cpe_id)
-            if slot is not None and slot.generation == message["gen"] and slot.up:
+            if slot is not None and slot.live_gen == message["gen"] and slot.up:
                 handle.cpes.discard(cpe_id)
                 self._session_down(slot, message["reason"])
+        elif op == "admitted":
+            self._admitted(handle, message)
 
     def _session_down(self, slot: CpeSlot, reason: str) -> None:
         slot.up = False
@@ -302,6 +392,36 @@ class BgwAgent:
         metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(0)
         metrics.SESSIONS_ENDED.labels(slot.entry.id, reason.split(":")[0]).inc()
         log.warning("CPE %s: session ended: %s", slot.entry.id, reason)
+
+    def _admitted(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        """A worker finished a TLS admission: the session is up there, or the connection is closed."""
+        cpe_id, gen = message["cpe"], int(message["gen"])
+        held = self.admitting.pop((cpe_id, gen), None)
+        if held is not None:
+            self._release_source(held[0])
+        peer = message.get("peer", "?")
+        if not message["ok"]:
+            reason = str(message.get("reason", "error"))
+            metrics.HANDSHAKE_FAILURES.labels(reason).inc()
+            if self.limiter.allow("refused connection"):
+                log.warning("refused connection from %s claiming %s: %s", peer, cpe_id, message.get("detail"))
+            return
+        slot = self.slots.get(cpe_id)
+        if slot is None:
+            return  # removed meanwhile; the worker got the detach after this
+        vnet = bool(message["vnet"])
+        slot.up = True
+        slot.live_gen = gen
+        handle.cpes.add(cpe_id)
+        metrics.SESSION_UP.labels(cpe_id).set(1)
+        metrics.SESSION_OFFLOAD.labels(cpe_id).set(1 if vnet else 0)
+        log.info(
+            "CPE %s: session up from %s (worker %d, TLS 1.3, %s)",
+            cpe_id,
+            peer,
+            handle.index,
+            "offload" if vnet else "per-packet",
+        )
 
     # --- admission ---------------------------------------------------------------------------------
     def _on_listener(self, _events: int) -> None:
@@ -314,11 +434,24 @@ class BgwAgent:
             except OSError as exc:
                 self._accept_failed(exc)
                 return
-            if len(self.pending) >= MAX_PENDING_HANDSHAKES:
+            if len(self.pending) + len(self.admitting) >= self.budget:
                 metrics.HANDSHAKE_FAILURES.labels("too_many_pending").inc()
                 conn.close()
                 continue
-            self._start_handshake(conn, str(peer[0]))
+            source = source_key(str(peer[0]))
+            assert self.cfg.bgw is not None
+            if self.per_source.get(source, 0) >= self.cfg.bgw.max_pending_per_source:
+                metrics.HANDSHAKE_FAILURES.labels("too_many_from_source").inc()
+                conn.close()
+                continue
+            self._start_handshake(conn, str(peer[0]), source)
+
+    def _release_source(self, source: str) -> None:
+        left = self.per_source.get(source, 0) - 1
+        if left > 0:
+            self.per_source[source] = left
+        else:
+            self.per_source.pop(source, None)
 
     def _accept_failed(self, exc: OSError) -> None:
         reason = errno.errorcode.get(exc.errno or 0, "error").lower()
@@ -337,7 +470,7 @@ class BgwAgent:
         if self.listener is not None and self.listener.fileno() == fd and self.loop.registered(fd):
             self.loop.modify(fd, IN)
 
-    def _start_handshake(self, conn: socket.socket, peer: str) -> None:
+    def _start_handshake(self, conn: socket.socket, peer: str, source: str) -> None:
         try:
             conn.setblocking(False)
             try:
@@ -345,30 +478,106 @@ class BgwAgent:
             except MptcpFallback:
                 metrics.FALLBACKS.inc()
                 metrics.HANDSHAKE_FAILURES.labels("fallback").inc()
-                log.warning("refused connection from %s: peer connected with plain TCP", peer)
-                self._reject(conn, "fallback: MPTCP is required")
+                if self.limiter.allow("plain TCP"):
+                    log.warning("refused connection from %s: peer connected with plain TCP", peer)
+                conn.close()  # before it costs anything: no state, no reply
                 return
-            machine = hs.ServerHandshake()
-            conn.send(machine.greeting())  # 24 bytes into an empty send buffer: never short
+            machine = None
+            claim = None
+            if self.cfg.tls is None:
+                machine = hs.ServerHandshake()
+                conn.send(machine.greeting())  # 24 bytes into an empty send buffer: never short
+            else:
+                claim = hs.MessageReader((hs.MsgType.CLAIM,), hs.MAX_CLAIM_BODY)
         except OSError as exc:
             metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
-            log.warning("handshake with %s failed: %s", peer, exc.strerror or exc)
+            if self.limiter.allow("handshake io"):
+                log.warning("handshake with %s failed: %s", peer, exc.strerror or exc)
             conn.close()
             return
         fd = conn.fileno()
-        self.pending[fd] = Pending(conn, peer, time.monotonic() + HANDSHAKE_TIMEOUT_S, machine)
-        self.loop.register(fd, IN, lambda _e: self._on_handshake(fd))
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+        self.pending[fd] = Pending(conn, peer, source, deadline, machine, claim)
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+        handler = self._on_claim if claim is not None else self._on_handshake
+        self.loop.register(fd, IN, lambda _e: handler(fd))
 
     def _drop_pending(self, fd: int) -> Pending | None:
-        pending = self.pending.pop(fd, None)
+        pending = self._forget_pending(fd)
         if pending is not None:
-            self.loop.unregister(fd)
             pending.conn.close()
         return pending
 
+    def _forget_pending(self, fd: int) -> Pending | None:
+        pending = self.pending.pop(fd, None)
+        if pending is not None:
+            self.loop.unregister(fd)
+            self._release_source(pending.source)
+        return pending
+
+    def _on_claim(self, fd: int) -> None:
+        """TLS: read the CLAIM, exactly (the ClientHello behind it is the worker's), then hand over."""
+        pending = self.pending.get(fd)
+        if pending is None or pending.claim is None:
+            return
+        try:
+            data = pending.conn.recv(pending.claim.wants())
+            if not data:
+                raise hs.HandshakeError("closed", "peer closed the connection before its claim")
+            got = pending.claim.add(data)
+            if got is None:
+                return
+            cpe_id = hs.decode_claim(got[1])
+            slot = self.slots.get(cpe_id)
+            if slot is None:
+                raise hs.HandshakeError("unknown_cpe", f"no CPE {hs.escape(cpe_id)!r} is configured")
+            if self.workers[slot.worker].chan is None:
+                raise hs.HandshakeError("worker_unavailable", "busy, try again in a moment")
+        except BlockingIOError:
+            return
+        except hs.HandshakeError as exc:
+            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
+            if self.limiter.allow("refused connection"):
+                log.warning("refused connection from %s: %s", pending.peer, exc)
+            self._forget_pending(fd)
+            public = "authentication failed" if exc.reason == "unknown_cpe" else str(exc)
+            self._reject(pending.conn, public)
+            return
+        except OSError:
+            metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
+            self._drop_pending(fd)
+            return
+        self.loop.unregister(fd)
+        del self.pending[fd]
+        self._hand_to_tls(slot, pending)
+
+    def _hand_to_tls(self, slot: CpeSlot, pending: Pending) -> None:
+        """The worker runs TLS within what is left of the deadline; the source stays counted until then."""
+        handle = self.workers[slot.worker]
+        assert handle.chan is not None
+        slot.generation += 1
+        message = {
+            "op": "admit",
+            "cpe": slot.entry.id,
+            "gen": slot.generation,
+            "deadline": pending.deadline,  # CLOCK_MONOTONIC is the same in every process
+            "peer": pending.peer,
+            "prefixes": [str(p) for p in slot.entry.prefixes],
+        }
+        try:
+            channel.send(handle.chan, message, [pending.conn.fileno(), slot.tun_fd])
+        except OSError as exc:
+            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
+            log.error("cannot hand CPE %s to worker %d: %s", slot.entry.id, handle.index, exc)
+            pending.conn.close()
+            self._release_source(pending.source)
+            return
+        pending.conn.close()  # the worker holds the connection now
+        self.admitting[(slot.entry.id, slot.generation)] = (pending.source, handle.index)
+
     def _on_handshake(self, fd: int) -> None:
         pending = self.pending.get(fd)
-        if pending is None:
+        if pending is None or pending.machine is None:
             return
         try:
             data = pending.conn.recv(hs.HEADER.size + hs.MAX_BODY)
@@ -391,19 +600,19 @@ class BgwAgent:
             return
         except hs.HandshakeError as exc:
             metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
-            log.warning("refused connection from %s: %s", pending.peer, exc)
-            self.loop.unregister(fd)
-            del self.pending[fd]
+            if self.limiter.allow("refused connection"):
+                log.warning("refused connection from %s: %s", pending.peer, exc)
+            self._forget_pending(fd)
             public = "authentication failed" if exc.reason in ("unknown_cpe", "auth_failed") else str(exc)
             self._reject(pending.conn, public)
             return
         except OSError as exc:
             metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
-            log.warning("handshake with %s failed: %s", pending.peer, exc.strerror or exc)
+            if self.limiter.allow("handshake io"):
+                log.warning("handshake with %s failed: %s", pending.peer, exc.strerror or exc)
             self._drop_pending(fd)
             return
-        self.loop.unregister(fd)
-        del self.pending[fd]
+        self._forget_pending(fd)
         self._hand_over(slot, pending, bool(features & hs.Feature.VNET_HDR))
 
     def _hand_over(self, slot: CpeSlot, pending: Pending, vnet: bool) -> None:
@@ -432,6 +641,7 @@ class BgwAgent:
         if slot.up:
             metrics.SESSIONS_ENDED.labels(slot.entry.id, "replaced").inc()
         slot.up = True
+        slot.live_gen = slot.generation
         handle.cpes.add(slot.entry.id)
         metrics.SESSION_UP.labels(slot.entry.id).set(1)
         metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(1 if vnet else 0)
@@ -467,11 +677,21 @@ class BgwAgent:
         added = [e for e in entries if e.id not in self.slots]
         changed = [e for e in entries if e.id in self.slots and self.slots[e.id].entry != e]
         for n, entry in enumerate(added, 1):
+            own = self._covers_own_address(entry)
+            if own:
+                log.error("CPE %s refused: its prefix %s holds this BGW's address %s", entry.id, *own)
+                continue
             try:
                 fd, index = open_tun(tun_name(entry.id), self.cfg.tunnel.mtu, self.group, self.ipr)
+            except (TunError, OSError, NetlinkError) as exc:
+                log.error("CPE %s: cannot set up its TUN device: %s", entry.id, exc)
+                continue
+            try:
                 add_routes(index, entry.prefixes, self.ipr)
-            except (TunError, OSError) as exc:
-                log.error("CPE %s: cannot set up its TUN device or routes: %s", entry.id, exc)
+            except (OSError, NetlinkError) as exc:  # e.g. an IPv6 prefix on a host with IPv6 off
+                log.error("CPE %s refused: the kernel refuses a route of its prefixes: %s", entry.id, exc)
+                delete_link(index, self.ipr)
+                os.close(fd)
                 continue
             self.slots[entry.id] = CpeSlot(entry, fd, index, self._worker_of(entry.id))
             self._progress(n, len(added), "adding CPEs")
@@ -505,12 +725,34 @@ class BgwAgent:
         handle.cpes.discard(slot.entry.id)
         self._session_down(slot, reason)
 
+    def _local_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        try:
+            return [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in self.ipr.get_addr()]
+        except (OSError, NetlinkError, ValueError):
+            return []
+
+    def _covers_own_address(self, entry: CpeEntry) -> tuple[str, str] | None:
+        for net in entry.prefixes:
+            for addr in self.own_addresses:
+                if addr in net and not addr.is_loopback:
+                    return str(net), str(addr)
+        return None
+
     def _change_slot(self, slot: CpeSlot, entry: CpeEntry) -> None:
+        own = self._covers_own_address(entry)
+        if own:
+            log.error("CPE %s: change refused, its prefix %s holds this BGW's address %s", entry.id, *own)
+            return
         old = slot.entry
+        if old.prefixes != entry.prefixes:
+            try:
+                add_routes(slot.index, [p for p in entry.prefixes if p not in old.prefixes], self.ipr)
+            except (OSError, NetlinkError) as exc:
+                log.error("CPE %s: change refused, the kernel refuses a route: %s", entry.id, exc)
+                return
+            remove_tun_routes(slot.index, [p for p in old.prefixes if p not in entry.prefixes], self.ipr)
         slot.entry = entry
         if old.prefixes != entry.prefixes:
-            remove_tun_routes(slot.index, [p for p in old.prefixes if p not in entry.prefixes], self.ipr)
-            add_routes(slot.index, [p for p in entry.prefixes if p not in old.prefixes], self.ipr)
             handle = self.workers[slot.worker]
             if slot.up and handle.chan is not None:
                 prefixes = [str(p) for p in entry.prefixes]
@@ -531,10 +773,18 @@ class BgwAgent:
         )
         if new is None or new.bgw is None:
             return
-        self.cfg = new
-        netsetup.apply_logged(new)
-        self._sync_slots(new.bgw.cpes)
-        for handle in self.workers:
-            if handle.chan is not None:
-                channel.send(handle.chan, {"op": "settings", "tunnel": self._tunnel_dict()})
+        if (new.tls is None) != (self.cfg.tls is None):
+            log.error("reload refused: changing tunnel.encryption needs a restart")
+            return
+        try:
+            self.cfg = new
+            netsetup.apply_logged(new)
+            self.own_addresses = self._local_addresses()
+            self._sync_slots(new.bgw.cpes)
+            for handle in self.workers:
+                if handle.chan is not None:
+                    channel.send(handle.chan, self._settings_message())
+        except Exception:  # a reload never takes the BGW down; what was applied stays applied
+            log.exception("reload failed part-way; the BGW keeps running")
+            return
         log.info("config reloaded: %d CPE(s)", len(self.slots))

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mptcp-tunnel: config error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
     if args.command == "check-config":
+        problem = _tls_problem(cfg)
+        if problem:
+            print(f"mptcp-tunnel: config error: {args.config}: {problem}", file=sys.stderr)
+            return exitcodes.CONFIG_ERROR
         print(f"{args.config}: OK ({cfg.role}, mode {cfg.mode})")
         return exitcodes.OK
     if args.command == "setup-network":
@@ -72,8 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     return _run(cfg)
 
 
+def _tls_problem(cfg: AgentConfig) -> str | None:
+    """The PKI files must load (check-config checks them too: they travel with the config)."""
+    if cfg.tls is not None and cfg.mode == "mptcp":
+        from mptcp_tunnel.tls import load_contexts
+
+        try:
+            load_contexts(cfg.tls, server=cfg.role == "bgw")
+        except ConfigError as exc:
+            return str(exc)
+    return None
+
+
 def _host_problem(cfg: AgentConfig) -> str | None:
     """Settings that are valid YAML but that this host cannot honour."""
+    tls_problem = _tls_problem(cfg)
+    if tls_problem:
+        return tls_problem
     cc = cfg.tunnel.congestion_control
     if cc:
         available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()

@@ -21,7 +21,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 CPE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")  # "mt-" + id fits IFNAMSIZ (15)
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
-MIN_SECRET_LEN = 8
+MIN_SECRET_LEN = 16
 
 
 class ConfigError(Exception):
@@ -42,6 +42,17 @@ class TunnelSettings:
     offload: Literal["auto", "on", "off"] = "auto"  # TUN GSO/checksum offload, negotiated per session
     workers: int = 0  # BGW worker processes; 0 = one per core
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
+    encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The operator PKI's files (PEM); read again at every reload."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    crl_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,14 @@ class Link:
 @dataclass(frozen=True)
 class CpeSettings:
     id: str
-    secret: bytes
+    secret: bytes  # b"" with encryption tls (the certificate is the credential)
     bgw_address: IPAddress
     policy: Literal["aggregate", "backup"]
     routes: tuple[IPNetwork, ...]
     reconnect_initial_s: float
     reconnect_max_s: float
     links: tuple[Link, ...]
+    bgw_name: str = ""  # the name the BGW's certificate must carry (encryption tls)
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,8 @@ class CpeEntry:
 class BgwSettings:
     listen_address: IPAddress
     cpes: tuple[CpeEntry, ...]
+    name: str = ""  # informational: its certificate carries it
+    max_pending_per_source: int = 8  # pending handshakes per source address (IPv6: per /64)
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,7 @@ class AgentConfig:
     mptcp: MptcpLimits = field(default_factory=MptcpLimits)
     cpe: CpeSettings | None = None
     bgw: BgwSettings | None = None
+    tls: TlsSettings | None = None  # set exactly when tunnel.encryption is tls
     hya: Any = None  # mptcp_tunnel.hya_core.HyaSettings when mode is "hya"
 
 
@@ -107,6 +122,9 @@ class _Section:
     def __init__(self, raw: object, where: str) -> None:
         if not isinstance(raw, dict):
             raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_kind(raw)}")
+        for k in raw:  # YAML allows `1: x` next to `zz: y`; every key here is a name
+            if not isinstance(k, str):
+                raise ConfigError(f"{where or 'top level'}: key {k!r} is not a name (a {_kind(k)})")
         self.raw: dict[str, object] = raw
         self.where = where
         self.seen: set[str] = set()
@@ -190,9 +208,11 @@ def _kind(value: object) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
-def _secret(sec: _Section, base_dir: Path) -> bytes:
+def _secret(sec: _Section, base_dir: Path, required: bool = True) -> bytes:
     inline = sec.get("secret")
     path = sec.get("secret_file")
+    if not required:  # encryption tls: the certificate is the credential; a secret left here is unused
+        return b""
     if (inline is None) == (path is None):
         raise ConfigError(f"{sec.key('secret')}: set exactly one of secret or secret_file")
     if inline is not None:
@@ -248,6 +268,7 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         offload=sec.choice("offload", "auto", ("auto", "on", "off")),  # type: ignore[arg-type]
         workers=sec.integer("workers", 0, 0, 256),
         gro_interfaces=_interface_list(sec, "gro_interfaces"),
+        encryption=sec.choice("encryption", "tls", ("tls", "none")),  # type: ignore[arg-type]
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:
@@ -281,16 +302,45 @@ def _links(sec: _Section) -> tuple[Link, ...]:
     return tuple(links)
 
 
-def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
+def _tls(sec: _Section, base_dir: Path) -> TlsSettings:
+    def file(name: str, required: bool = True) -> str:
+        value = sec.string(name, "", required=required)
+        if not value:
+            if required:
+                raise ConfigError(f"{sec.key(name)}: missing (required with tunnel.encryption tls)")
+            return ""
+        return str(base_dir / value)  # read (and checked) by tls.load_contexts
+
+    tls = TlsSettings(
+        ca_file=file("ca_file"),
+        cert_file=file("cert_file"),
+        key_file=file("key_file"),
+        crl_file=file("crl_file", required=False),
+    )
+    sec.finish()
+    return tls
+
+
+def _name(sec: _Section, key: str, required: bool) -> str:
+    value = sec.string(key, "", required=required)
+    if required and not value:
+        raise ConfigError(f"{sec.key(key)}: missing (required with tunnel.encryption tls)")
+    if value and not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", value):
+        raise ConfigError(f"{sec.key(key)}: {value!r} is not a DNS name")
+    return value
+
+
+def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
     cpe = CpeSettings(
         id=_cpe_id(sec),
-        secret=_secret(sec, base_dir),
+        secret=_secret(sec, base_dir, required=not tls),
         bgw_address=sec.address("bgw_address"),  # type: ignore[arg-type]
         policy=sec.choice("policy", "aggregate", ("aggregate", "backup")),  # type: ignore[arg-type]
         routes=sec.networks("routes"),
         reconnect_initial_s=sec.number("reconnect_initial_s", 0.5, 0.05, 60.0),
         reconnect_max_s=sec.number("reconnect_max_s", 30.0, 0.1, 3600.0),
         links=_links(sec),
+        bgw_name=_name(sec, "bgw_name", required=tls),
     )
     sec.finish()
     if cpe.reconnect_max_s < cpe.reconnect_initial_s:
@@ -301,16 +351,51 @@ def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
     return cpe
 
 
-def _bgw(sec: _Section, base_dir: Path) -> BgwSettings:
+def _bgw(sec: _Section, base_dir: Path, tls: bool) -> BgwSettings:
     cpes = []
     for cs in sec.sections("cpes"):
-        cpes.append(CpeEntry(id=_cpe_id(cs), secret=_secret(cs, base_dir), prefixes=cs.networks("prefixes")))
+        entry = CpeEntry(
+            id=_cpe_id(cs), secret=_secret(cs, base_dir, not tls), prefixes=cs.networks("prefixes")
+        )
+        for i, net in enumerate(entry.prefixes):
+            if net.prefixlen == 0:
+                raise ConfigError(f"{cs.key('prefixes')}[{i}]: {net} is a default route, not a CPE's LAN")
+        cpes.append(entry)
         cs.finish()
-    bgw = BgwSettings(listen_address=sec.address("listen_address"), cpes=tuple(cpes))  # type: ignore[arg-type]
+    bgw = BgwSettings(
+        listen_address=sec.address("listen_address"),  # type: ignore[arg-type]
+        cpes=tuple(cpes),
+        name=_name(sec, "name", required=False),
+        max_pending_per_source=sec.integer("max_pending_per_source", 8, 1, 1_000_000),
+    )
     sec.finish()
     _check_unique_ids(sec, cpes)
     _check_no_overlaps(sec, cpes)
+    _check_own_address(sec, cpes, bgw.listen_address)
+    if not tls:
+        _check_unique_secrets(sec, cpes)
     return bgw
+
+
+def _check_own_address(sec: _Section, cpes: list[CpeEntry], own: IPAddress) -> None:
+    """A CPE prefix holding the BGW's service address would route the BGW's own traffic to a customer."""
+    if own.is_unspecified:
+        return  # the host's addresses are checked when the BGW starts (BgwAgent)
+    for cpe in cpes:
+        for net in cpe.prefixes:
+            if own in net:
+                raise ConfigError(
+                    f"{sec.key('cpes')}: prefix {net} of {cpe.id!r} holds the BGW's address {own}"
+                )
+
+
+def _check_unique_secrets(sec: _Section, cpes: list[CpeEntry]) -> None:
+    """A secret shared by two CPEs lets either one be the other."""
+    seen: dict[bytes, str] = {}
+    for cpe in cpes:
+        other = seen.setdefault(cpe.secret, cpe.id)
+        if other != cpe.id:
+            raise ConfigError(f"{sec.key('cpes')}: CPEs {other!r} and {cpe.id!r} share a secret")
 
 
 def _check_unique_ids(sec: _Section, cpes: list[CpeEntry]) -> None:
@@ -371,18 +456,24 @@ def parse_config(raw: object, path: str) -> AgentConfig:
         role = top.choice("role", "", ("cpe", "bgw"))
         mode = top.choice("mode", "mptcp", ("mptcp", "hya"))
         base_dir = Path(path).parent
+        tunnel = _tunnel(top.section("tunnel"))
+        # The HYA baseline has no session of ours to encrypt.
+        tls = tunnel.encryption == "tls" and mode == "mptcp"
         cfg = AgentConfig(
             path=path,
             role=role,  # type: ignore[arg-type]
             mode=mode,  # type: ignore[arg-type]
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
             metrics_listen=_listen(top),
-            tunnel=_tunnel(top.section("tunnel")),
+            tunnel=tunnel,
             mptcp=_limits(top.section("mptcp")),
-            cpe=_cpe(top.section("cpe", required=True), base_dir) if role == "cpe" else None,
-            bgw=_bgw(top.section("bgw", required=True), base_dir) if role == "bgw" else None,
+            cpe=_cpe(top.section("cpe", required=True), base_dir, tls) if role == "cpe" else None,
+            bgw=_bgw(top.section("bgw", required=True), base_dir, tls) if role == "bgw" else None,
+            tls=_tls(top.section("tls", required=True), base_dir) if tls else None,
             hya=_hya(top.section("hya")) if mode == "hya" else None,
         )
+        if not tls and "tls" in top.raw:
+            top.seen.add("tls")  # kept for switching back; not read
         other = "bgw" if role == "cpe" else "cpe"
         if other in top.raw:
             raise ConfigError(f"{other}: not allowed when role is {role}")
@@ -436,6 +527,14 @@ def load_for_reload(current: AgentConfig, restart_keys: dict[str, object]) -> Ag
     except ConfigError as exc:
         log.error("reload refused, keeping the running config: %s", exc)
         return None
+    if new.tls is not None:
+        from mptcp_tunnel.tls import load_contexts  # the files must load, or nothing changes
+
+        try:
+            load_contexts(new.tls, server=new.role == "bgw")
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s: %s", new.path, exc)
+            return None
     changed = [
         key for key, value in {"role": current.role, **restart_keys}.items() if _lookup(new, key) != value
     ]

@@ -14,10 +14,10 @@ import time
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
-from mptcp_tunnel.config import AgentConfig, CpeSettings, load_for_reload
+from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
-from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
+from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake, client_tls
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
     mptcp_info,
@@ -26,6 +26,7 @@ from mptcp_tunnel.mptcp import (
     subflow_local_addresses,
 )
 from mptcp_tunnel.runtime import TICK_S, Runtime
+from mptcp_tunnel.tls import TlsChannel, TlsError, client_context
 from mptcp_tunnel.tun import TunError, offload_supported, open_tun, sync_routes
 
 log = logging.getLogger("mptcp_tunnel.cpe")
@@ -51,6 +52,7 @@ class CpeAgent:
         self.buffers = Buffers(cfg.tunnel.batch_bytes)
         self.offer = hs.Feature.NONE
         self.ticks = 0
+        self.tls_ctx = client_context(cfg.tls) if cfg.tls is not None else None
         runtime.on_reload = self.reload
 
     @property
@@ -92,7 +94,7 @@ class CpeAgent:
                 self.problems = netsetup.apply_logged(self.cfg, self.problems)
             attempt += 1
             try:
-                sock, link_name, features = self.connect()
+                sock, link_name, features, tls, leftover = self.connect()
             except MptcpFallback as exc:
                 metrics.FALLBACKS.inc()
                 log.error("refusing to run as plain TCP: %s (is MPTCP blocked on the path?)", exc)
@@ -115,13 +117,20 @@ class CpeAgent:
                 source_filter=None,
                 owns_tun=False,
                 on_end=lambda _s: None,
+                tls=tls,
+                rx_tail=leftover,
             )
             session.start()
             metrics.SESSION_UP.labels(self.cpe.id).set(1)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
             if self.offer and not vnet:
                 log.warning("TUN offload not negotiated (the BGW does not offer it): per-packet mode")
-            log.info("session up via the %s link (%s)", link_name, "offload" if vnet else "per-packet")
+            log.info(
+                "session up via the %s link (%s, %s)",
+                link_name,
+                "TLS 1.3" if tls is not None else "NO encryption",
+                "offload" if vnet else "per-packet",
+            )
             self._run_session(session)
             metrics.SESSION_UP.labels(self.cpe.id).set(0)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(0)
@@ -191,7 +200,7 @@ class CpeAgent:
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
-    def connect(self) -> tuple[socket.socket, str, hs.Feature]:
+    def connect(self) -> tuple[socket.socket, str, hs.Feature, TlsChannel | None, bytes]:
         """Connect from each link's address in turn (primary first) and authenticate."""
         errors = []
         for link in self.cpe.links:
@@ -206,13 +215,16 @@ class CpeAgent:
                 sock.connect((str(self.cpe.bgw_address), self.cfg.tunnel.port))
                 mptcp_info(sock)  # raises MptcpFallback if MP_CAPABLE did not survive the path
                 sock.settimeout(HANDSHAKE_TIMEOUT_S)
-                features = client_handshake(sock, self.cpe, self.offer)
+                if self.tls_ctx is not None:
+                    features, tls, leftover = client_tls(sock, self.cpe, self.tls_ctx, self.offer)
+                else:
+                    features, tls, leftover = client_handshake(sock, self.cpe, self.offer), None, b""
                 sock.settimeout(None)
-                return sock, link.name, features
+                return sock, link.name, features, tls, leftover
             except (MptcpFallback, Rejected):
                 sock.close()
                 raise
-            except (OSError, hs.HandshakeError) as exc:
+            except (OSError, hs.HandshakeError, TlsError) as exc:
                 sock.close()
                 errors.append(f"{link.name}: {getattr(exc, 'strerror', None) or exc}")
         raise ConnectFailed("; ".join(errors))
@@ -221,8 +233,19 @@ class CpeAgent:
         new = load_for_reload(self.cfg, {"tunnel.tun_name": self.cfg.tunnel.tun_name})
         if new is None or new.cpe is None:
             return
+        if (new.tls is None) != (self.cfg.tls is None):
+            log.error("reload refused: changing tunnel.encryption needs a restart")
+            return
+        if new.tls is not None:
+            try:  # load_for_reload loaded it once already; a file may have changed since
+                self.tls_ctx = client_context(new.tls)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                return
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
         self.problems = netsetup.apply_logged(new, self.problems)
         sync_routes(new.tunnel.tun_name, new.cpe.routes)
-        log.info("config reloaded (BGW address, port and secret apply from the next connection)")
+        log.info(
+            "config reloaded (BGW address, port, secret and certificates apply from the next connection)"
+        )

@@ -11,6 +11,16 @@ CPE authenticates the BGW too. The secret never crosses the wire. Every message 
     magic "\\x0fMTN" | version (1) | type (1) | body length (2, BE) | body
 
 The magic's first nibble is 0, so a stray handshake message can never be taken for an IP packet.
+
+With ``tunnel.encryption: tls`` (the default) the exchange is instead:
+
+    CPE -> BGW  CLAIM      cpe id (plaintext, bounded): lets the BGW route the connection to the
+                           CPE's worker before any crypto; a forged claim only reaches TLS, and fails
+    TLS 1.3 handshake, mutual; then inside TLS:
+    CPE -> BGW  OFFER      features
+    BGW -> CPE  ACCEPT     accepted features (or REJECT)
+
+Feature bits this version does not know are ignored, never an error: newer peers can add options.
 """
 
 from __future__ import annotations
@@ -42,6 +52,12 @@ class MsgType(enum.IntEnum):
     HELLO = 2
     WELCOME = 3
     REJECT = 4
+    CLAIM = 5
+    OFFER = 6
+    ACCEPT = 7
+
+
+MAX_CLAIM_BODY = 64  # a CPE id is at most 12 characters; the BGW reads no more before TLS
 
 
 class HandshakeError(Exception):
@@ -56,8 +72,9 @@ class HandshakeError(Exception):
 class Hello:
     cpe_id: str
     nonce: bytes
-    features: Feature
+    features: Feature  # the known bits (what can be negotiated)
     mac: bytes
+    raw_features: int = 0  # every bit the CPE signed, unknown ones included
 
 
 @dataclass(frozen=True)
@@ -130,11 +147,11 @@ def decode_hello(body: bytes) -> Hello:
         cpe_id = body[fixed : fixed + id_len].decode("ascii")
     except UnicodeDecodeError:
         raise HandshakeError("bad_message", "CPE id is not ASCII") from None
-    return Hello(cpe_id, nonce, Feature(features & Feature.VNET_HDR), body[fixed + id_len :])
+    return Hello(cpe_id, nonce, Feature(features & Feature.VNET_HDR), body[fixed + id_len :], features)
 
 
 def verify_hello(hello: Hello, secret: bytes, server_nonce: bytes) -> None:
-    expected = _mac(secret, b"hello", server_nonce, hello.nonce, hello.cpe_id, hello.features)
+    expected = _mac(secret, b"hello", server_nonce, hello.nonce, hello.cpe_id, hello.raw_features)
     if not hmac.compare_digest(expected, hello.mac):
         raise HandshakeError("auth_failed", f"bad HMAC from CPE {hello.cpe_id!r}")
 
@@ -156,12 +173,79 @@ def decode_welcome(
     return Welcome(Feature(features & Feature.VNET_HDR), body[4:])
 
 
+def encode_claim(cpe_id: str) -> bytes:
+    return _frame(MsgType.CLAIM, cpe_id.encode("ascii"))
+
+
+def decode_claim(body: bytes) -> str:
+    if not 0 < len(body) <= MAX_CLAIM_BODY:
+        raise HandshakeError("bad_message", f"claim of {len(body)} bytes")
+    try:
+        return body.decode("ascii")
+    except UnicodeDecodeError:
+        raise HandshakeError("bad_message", "CPE id is not ASCII") from None
+
+
+def encode_features(mtype: MsgType, features: int) -> bytes:
+    """OFFER or ACCEPT (inside TLS)."""
+    return _frame(mtype, struct.pack("!I", features))
+
+
+def decode_features(body: bytes) -> Feature:
+    if len(body) < 4:
+        raise HandshakeError("bad_message", f"feature message of {len(body)} bytes")
+    (features,) = struct.unpack_from("!I", body)
+    return Feature(features & Feature.VNET_HDR)  # unknown bits: ignored
+
+
+class MessageReader:
+    """Collects exactly one message from a byte stream, never reading past it.
+
+    ``wants()`` says how many bytes may be taken now (so a reader never consumes the bytes that follow,
+    e.g. the TLS ClientHello behind a CLAIM); ``add(data)`` returns (type, body) once complete.
+    """
+
+    def __init__(self, expect: tuple[MsgType, ...], max_body: int = MAX_BODY) -> None:
+        self.expect = expect
+        self.max_body = max_body
+        self._buf = b""
+        self._length = -1
+        self._type = MsgType.REJECT
+
+    def wants(self) -> int:
+        if self._length < 0:
+            return HEADER.size - len(self._buf)
+        return HEADER.size + self._length - len(self._buf)
+
+    def add(self, data: bytes) -> tuple[MsgType, bytes] | None:
+        if len(data) > self.wants():
+            raise HandshakeError("bad_message", "more bytes than the message holds")
+        self._buf += data
+        if self._length < 0 and len(self._buf) >= HEADER.size:
+            self._type, self._length = parse_header(self._buf[: HEADER.size])
+            if self._type not in self.expect:
+                names = "/".join(t.name for t in self.expect)
+                raise HandshakeError("bad_message", f"expected {names}, got {self._type.name}")
+            if self._length > self.max_body:
+                raise HandshakeError("bad_message", f"{self._type.name} of {self._length} bytes")
+        if self._length >= 0 and len(self._buf) == HEADER.size + self._length:
+            return self._type, self._buf[HEADER.size :]
+        return None
+
+
 def encode_reject(reason: str) -> bytes:
     return _frame(MsgType.REJECT, reason.encode()[:MAX_BODY])
 
 
 def decode_reject(body: bytes) -> str:
-    return body.decode("utf-8", "replace")
+    """The peer's reason, printable: control characters escaped (it goes into our logs)."""
+    return escape(body.decode("utf-8", "replace"))
+
+
+def escape(text: str, limit: int = 200) -> str:
+    """Peer-supplied text made safe for a log line: no newlines or control characters, bounded."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 class ServerHandshake:

@@ -102,6 +102,11 @@ SESSIONS_ENDED = Counter(
     "mptcp_tunnel_sessions_ended", "Sessions ended, by reason", ["cpe", "reason"], registry=REGISTRY
 )
 RECONNECTS = Counter("mptcp_tunnel_reconnects", "CPE connection attempts after the first", registry=REGISTRY)
+STREAM_STALLS = Counter(
+    "mptcp_tunnel_stream_stalls",
+    "Sessions ended because bytes kept arriving without a complete frame (a stream out of step)",
+    registry=REGISTRY,
+)
 FALLBACKS = Counter("mptcp_tunnel_fallbacks", "Connections that fell back to plain TCP", registry=REGISTRY)
 
 

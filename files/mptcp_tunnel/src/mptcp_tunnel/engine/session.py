@@ -12,7 +12,12 @@ stream in front of each frame, and GSO super-packets cross the tunnel whole; wit
 stripped on read and a zero header is written in front of each packet on write.
 
 The record layer: ``_send_stream`` and ``_recv_stream`` are the only places that touch the socket's
-bytes, so a TLS layer (``ssl.MemoryBIO``) slots in between them and the socket without another change.
+bytes. With TLS (``tls.TlsChannel``, memory BIOs) one batch is one ``write``: a lone packet becomes one
+small record (no added latency), a bulk batch full 16 KiB records. Keepalives ride inside TLS too.
+
+Stream health: a stream whose bytes keep arriving but that yields no complete frame for
+DEAD_AFTER_KEEPALIVES keepalive intervals is out of step (e.g. ``GET / HTTP/1.1`` read as an IPv4
+header of 21 536 bytes); the session ends with ``stream_stalled``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
 from mptcp_tunnel.srcfilter import SourceFilter
+from mptcp_tunnel.tls import TlsChannel, TlsError
 from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
 
 log = logging.getLogger("mptcp_tunnel.session")
@@ -83,6 +89,14 @@ class Buffers:
         # A partial frame (<= 64 KiB + header) is moved in front of each receive.
         self.rx = bytearray(2 * (MAX_SUPER_PACKET + VNET_HDR_LEN) + 262144)
         self.rx_view = memoryview(self.rx)
+        self._tls_in: memoryview | None = None
+
+    @property
+    def tls_in(self) -> memoryview:
+        """Ciphertext lands here before decryption (allocated by the first TLS session)."""
+        if self._tls_in is None:
+            self._tls_in = memoryview(bytearray(len(self.rx)))
+        return self._tls_in
 
 
 class Session:
@@ -101,6 +115,8 @@ class Session:
         on_end: Callable[[Session], None],
         generation: int = 0,
         dirty: set[Session] | None = None,
+        tls: TlsChannel | None = None,
+        rx_tail: bytes = b"",
     ) -> None:
         self.loop = loop
         self.buffers = buffers
@@ -122,13 +138,15 @@ class Session:
         self.round_subflows = -1  # subflows as last reported
         self.stats = [0] * len(STAT_NAMES)
         self.reported = [0] * len(STAT_NAMES)
-        self._rx_tail = b""
+        self.tls = tls
+        self.peer_serial = tls.peer_serial() if tls is not None else None
+        self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
         self._bounded = tunnel.queue_bytes > 0
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
-        self.last_rx = self.last_tx = now
+        self.last_rx = self.last_tx = self.last_frame = now
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,6 +181,12 @@ class Session:
         keepalive = self.tunnel.keepalive_s
         if now - self.last_rx > DEAD_AFTER_KEEPALIVES * keepalive:
             self.end(f"keepalive_timeout: nothing received for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s")
+            return
+        if now - self.last_frame > DEAD_AFTER_KEEPALIVES * keepalive and self.last_rx > self.last_frame:
+            self.end(
+                f"stream_stalled: bytes but no complete frame for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s"
+                f" ({len(self._rx_tail)} bytes waiting)"
+            )
             return
         if now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
@@ -279,7 +303,9 @@ class Session:
             self.loop.modify(self.sock_fd, IN | OUT)
 
     def _send_stream(self, segments: list[memoryview]) -> int:
-        """The record layer's send side (plaintext today). Returns bytes taken, -1 if the session ended."""
+        """The record layer's send side. Returns bytes taken, -1 if the session ended."""
+        if self.tls is not None:
+            return self._send_tls(segments)
         try:
             return self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -287,6 +313,36 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
+
+    def _send_tls(self, segments: list[memoryview]) -> int:
+        """All of a batch goes into TLS at once; ciphertext the socket does not take waits in _tx_tail
+        (the TUN is not read meanwhile), so the record stream stays whole."""
+        tls = self.tls
+        assert tls is not None
+        total = sum(len(s) for s in segments)
+        try:
+            tls.write(segments[0] if len(segments) == 1 else b"".join(segments))
+            data = tls.take()
+        except TlsError as exc:
+            self.end(f"tls_error: {exc}")
+            return -1
+        self._send_cipher(data)
+        return -1 if self.ended else total
+
+    def _send_cipher(self, data: bytes) -> None:
+        if self._tx_tail:
+            self._tx_tail += data
+            return
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.end(f"send_error: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            self._tx_tail = data[sent:]
+            self.loop.modify(self.sock_fd, IN | OUT)
 
     def _on_writable(self) -> None:
         tail = self._tx_tail
@@ -314,16 +370,41 @@ class Session:
         except FrameError as exc:
             log.warning("%s: invalid frame from peer, ending session: %s", self.cpe_id, exc)
             self.end(f"frame_error: {exc}")
+        except TlsError as exc:
+            log.warning("%s: TLS failed, ending session: %s", self.cpe_id, exc)
+            self.end(f"tls_error: {exc}")
         except Exception as exc:  # a session's bug must never take the worker down
             log.exception("%s: StoP failed", self.cpe_id)
             self.end(f"internal_error: {exc}")
 
     def _recv_stream(self, into: memoryview) -> int:
-        """The record layer's receive side (plaintext today). Returns bytes, 0 at EOF, -1 if none."""
+        """The record layer's receive side. Returns bytes, 0 at EOF, -1 if none."""
+        tls = self.tls
+        if tls is None:
+            try:
+                return self.sock.recv_into(into)
+            except BlockingIOError:
+                return -1
+        # Ciphertext is never shorter than its plaintext: taking no more than ``into`` can hold keeps
+        # every decrypted byte in ``into`` (nothing left inside the TLS object that epoll cannot see).
+        room = len(into) - tls.incoming.pending
+        if room <= 0:
+            return tls.read_into(into)
+        scratch = self.buffers.tls_in
         try:
-            return self.sock.recv_into(into)
+            n = self.sock.recv_into(scratch[:room])
         except BlockingIOError:
             return -1
+        if n == 0:
+            return 0
+        tls.feed(scratch[:n])
+        got = tls.read_into(into)
+        out = tls.take()  # post-handshake messages (e.g. a KeyUpdate's answer)
+        if out:
+            self._send_cipher(out)
+        if tls.eof and got <= 0:
+            return 0
+        return got
 
     def _pump_socket(self) -> None:
         buf, view = self.buffers.rx, self.buffers.rx_view
@@ -351,6 +432,8 @@ class Session:
             frames: list[memoryview | ControlFrame] = []
             pos = split_frames(buf, 0, end, hdr, max_frame, frames)
             self._rx_tail = bytes(buf[pos:end])
+            if frames:
+                self.last_frame = self.last_rx
             packets = nbytes = 0
             for frame in frames:
                 if isinstance(frame, ControlFrame):

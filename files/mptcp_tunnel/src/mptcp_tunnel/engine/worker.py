@@ -5,9 +5,14 @@ CPE"; it hands each authenticated connection here together with a duplicate of t
 CPE always goes to the same worker, so a newer connection replaces the older one inside this one loop,
 atomically. The worker never looks at configuration files and never decides who may connect.
 
-Messages from the control process: ``settings`` (tunnel settings), ``attach`` (cpe, gen, vnet,
+With TLS, the control process hands over the raw connection right after its CLAIM (``admit``); the
+TLS handshake, the check "certificate = claimed CPE" and the feature exchange run here
+(``tlsaccept``), and only a connection that passed them replaces the CPE's session.
+
+Messages from the control process: ``settings`` (tunnel and TLS settings, offload offered), ``attach``
+(cpe, gen, vnet, prefixes; fds: socket, TUN; encryption none), ``admit`` (cpe, gen, deadline, peer,
 prefixes; fds: socket, TUN), ``detach`` (cpe), ``prefixes`` (cpe, prefixes), ``stop``.
-Messages to it: ``ended`` (cpe, gen, reason), ``stats`` (per-CPE counter deltas and subflows).
+Messages to it: ``admitted`` (cpe, gen, ok, vnet or reason), ``ended`` (cpe, gen, reason), ``stats``.
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
-from mptcp_tunnel.config import IPNetwork, TunnelSettings
+from mptcp_tunnel import handshake as hs
+from mptcp_tunnel.config import ConfigError, IPNetwork, TlsSettings, TunnelSettings
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
+from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
 from mptcp_tunnel.srcfilter import SourceFilter
+from mptcp_tunnel.tls import load_contexts
 from mptcp_tunnel.tun import VNET_HDR_LEN
 
 log = logging.getLogger("mptcp_tunnel.worker")
@@ -51,6 +60,10 @@ class Worker:
         self.done = False
         self.outbox = channel.Outbox(chan)
         self.dirty: set[Session] = set()  # sessions whose counters moved since the last report
+        self.tls_ctx: ssl.SSLContext | None = None
+        self.tls_settings: TlsSettings | None = None
+        self.offered = hs.Feature.NONE
+        self.admitting: dict[int, tuple[TlsAccept, dict[str, Any], int]] = {}  # fd -> (accept, msg, tun)
 
     def run(self) -> int:
         self.chan.setblocking(False)
@@ -60,6 +73,8 @@ class Worker:
         try:
             self.loop.run(lambda: self.done)
         finally:
+            for accept, _msg, _tun in list(self.admitting.values()):
+                accept.abort("local_stop", "agent stopping")
             for session in list(self.sessions.values()):
                 session.end("local_stop: agent stopping")
             self._report_stats()
@@ -95,6 +110,9 @@ class Worker:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+                if message.get("op") == "admit":  # e.g. fds lost to EMFILE: the control process must know
+                    failed = {"ok": False, "reason": "worker_error", "detail": "see the worker's log"}
+                    self._send({**_brief(message), **failed})
 
     def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message["op"]
@@ -102,12 +120,21 @@ class Worker:
             self.tunnel = TunnelSettings(**message["tunnel"])
             if len(self.buffers.tx) < self.tunnel.batch_bytes + 65545:
                 self.buffers = Buffers(self.tunnel.batch_bytes)
+            self.offered = hs.Feature.VNET_HDR if message.get("offload") else hs.Feature.NONE
+            if message.get("tls"):
+                self._load_tls(TlsSettings(**message["tls"]))
         elif op == "attach":
             self._attach(message, fds)
+        elif op == "admit":
+            self._admit(message, fds)
         elif op == "detach":
+            reason = message.get("reason", "cpe_removed: no longer in the configuration")
+            for accept, msg, _tun in list(self.admitting.values()):
+                if msg["cpe"] == message["cpe"]:
+                    accept.abort("cpe_removed", reason)
             session = self.sessions.get(message["cpe"])
             if session is not None:
-                session.end(message.get("reason", "cpe_removed: no longer in the configuration"))
+                session.end(reason)
         elif op == "prefixes":
             session = self.sessions.get(message["cpe"])
             if session is not None:
@@ -116,6 +143,74 @@ class Worker:
             self.done = True
         else:
             raise ValueError(f"unknown op {op!r}")
+
+    def _load_tls(self, settings: TlsSettings) -> None:
+        """(Re)load the PKI; sessions whose certificate the CRL now lists end here."""
+        try:
+            ctx, revoked = load_contexts(settings, server=True)
+        except ConfigError as exc:  # the control process checked; a file changed since: keep the old one
+            log.error("worker %d: keeping the previous TLS setup: %s", self.index, exc)
+            return
+        self.tls_ctx, self.tls_settings = ctx, settings
+        for session in list(self.sessions.values()):
+            if session.peer_serial is not None and session.peer_serial in revoked:
+                session.end("revoked: the CPE's certificate is on the CRL")
+
+    def _admit(self, message: dict[str, Any], fds: list[int]) -> None:
+        sock_fd, tun_fd = fds
+        sock = socket.socket(fileno=sock_fd)
+        if self.tls_ctx is None:
+            sock.close()
+            os.close(tun_fd)
+            self._send({**_brief(message), "ok": False, "reason": "no_tls", "detail": "no TLS setup"})
+            return
+        accept = TlsAccept(
+            self.loop,
+            sock,
+            self.tls_ctx,
+            message["cpe"],
+            float(message["deadline"]),
+            self.offered,
+            self._admission_done,
+        )
+        self.admitting[accept.fd] = (accept, message, tun_fd)
+        accept.start()
+
+    def _admission_done(self, accept: TlsAccept, error: AdmissionFailed | None) -> None:
+        _accept, message, tun_fd = self.admitting.pop(accept.fd)
+        if error is not None:
+            os.close(tun_fd)
+            self._send(
+                {**_brief(message), "ok": False, "reason": error.reason, "detail": hs.escape(str(error))}
+            )
+            return
+        cpe_id = message["cpe"]
+        old = self.sessions.get(cpe_id)
+        if old is not None:  # the newer, verified connection replaces the older one, here and now
+            old.end("replaced: the CPE reconnected")
+        vnet = bool(accept.features & hs.Feature.VNET_HDR)
+        session = Session(
+            self.loop,
+            self.buffers,
+            accept.sock,
+            tun_fd,
+            cpe_id,
+            self.tunnel,
+            vnet=vnet,
+            source_filter=SourceFilter(_prefixes(message["prefixes"]), VNET_HDR_LEN if vnet else 0),
+            owns_tun=True,
+            on_end=self._ended,
+            generation=int(message["gen"]),
+            dirty=self.dirty,
+            tls=accept.channel,
+            rx_tail=accept.leftover,
+        )
+        self.sessions[cpe_id] = session
+        self._send({**_brief(message), "ok": True, "vnet": vnet})
+        try:
+            session.start()
+        except OSError as exc:
+            session.end(f"internal_error: cannot start the session: {exc.strerror or exc}")
 
     def _attach(self, message: dict[str, Any], fds: list[int]) -> None:
         sock_fd, tun_fd = fds
@@ -187,6 +282,10 @@ class Worker:
                 self.loop.modify(self.chan.fileno(), IN | OUT)
         except OSError:  # the control process is gone: nothing left to work for
             self.done = True
+
+
+def _brief(message: dict[str, Any]) -> dict[str, Any]:
+    return {"op": "admitted", "cpe": message["cpe"], "gen": message["gen"], "peer": message.get("peer", "")}
 
 
 def main(chan_fd: int, index: int) -> int:
