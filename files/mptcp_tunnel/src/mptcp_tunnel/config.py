@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mptcp_tunnel.linkstate import FailoverSettings
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,6 +72,7 @@ class CpeSettings:
     reconnect_initial_s: float
     reconnect_max_s: float
     links: tuple[Link, ...]
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,18 @@ def _links(sec: _Section) -> tuple[Link, ...]:
     return tuple(links)
 
 
+def _failover(sec: _Section) -> FailoverSettings:
+    f = FailoverSettings(
+        probe_interval_s=sec.integer("probe_interval_ms", 100, 0, 10_000) / 1000,
+        down_after_s=sec.integer("down_after_ms", 500, 50, 600_000) / 1000,
+        up_after_probes=sec.integer("up_after_probes", 3, 1, 100),
+    )
+    sec.finish()
+    if f.probe_interval_s and f.down_after_s < 2 * f.probe_interval_s:
+        raise ConfigError(f"{sec.key('down_after_ms')}: must be at least twice probe_interval_ms")
+    return f
+
+
 def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
     cpe = CpeSettings(
         id=_cpe_id(sec),
@@ -291,6 +306,7 @@ def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
         reconnect_initial_s=sec.number("reconnect_initial_s", 0.5, 0.05, 60.0),
         reconnect_max_s=sec.number("reconnect_max_s", 30.0, 0.1, 3600.0),
         links=_links(sec),
+        failover=_failover(sec.section("failover")),
     )
     sec.finish()
     if cpe.reconnect_max_s < cpe.reconnect_initial_s:

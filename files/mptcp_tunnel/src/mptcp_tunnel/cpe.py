@@ -14,10 +14,12 @@ import time
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
-from mptcp_tunnel.config import AgentConfig, CpeSettings, load_for_reload
+from mptcp_tunnel.config import AgentConfig, CpeSettings, Link, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
+from mptcp_tunnel.linkstate import LinkEvent, LinkMonitor
+from mptcp_tunnel.linkwatch import LinkWatch
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
     mptcp_info,
@@ -51,6 +53,8 @@ class CpeAgent:
         self.buffers = Buffers(cfg.tunnel.batch_bytes)
         self.offer = hs.Feature.NONE
         self.ticks = 0
+        self.monitor = LinkMonitor([link.name for link in cfg.cpe.links], cfg.cpe.failover, time.monotonic())
+        self.watch: LinkWatch | None = None
         runtime.on_reload = self.reload
 
     @property
@@ -58,8 +62,21 @@ class CpeAgent:
         assert self.cfg.cpe is not None
         return self.cfg.cpe
 
+    def _apply(self) -> None:
+        """Routing and endpoints as configured, minus the endpoints of links found down."""
+        self.problems = netsetup.apply_logged(self.cfg, self.problems, down=self.monitor.down)
+
     def run(self) -> int:
-        self.problems = netsetup.apply_logged(self.cfg)
+        self.watch = LinkWatch(
+            self.cpe.links,
+            str(self.cpe.bgw_address),
+            self.monitor,
+            self._on_link_event,
+            self._on_carrier_back,
+        )
+        for link in self.cpe.links:
+            metrics.LINK_UP.labels(link.name).set(1 if self.monitor.is_up(link.name) else 0)
+        self._apply()
         offload = self.cfg.tunnel.offload
         if offload != "off":
             if offload_supported():
@@ -82,6 +99,7 @@ class CpeAgent:
         finally:
             os.close(tun_fd)
             self.loop.close()
+            self.watch.close()
 
     def _loop(self, tun_fd: int) -> int:
         attempt = 0
@@ -89,7 +107,7 @@ class CpeAgent:
             if attempt:
                 metrics.RECONNECTS.inc()
                 # Links may have flapped while we were away: their policy routes must be back first.
-                self.problems = netsetup.apply_logged(self.cfg, self.problems)
+                self._apply()
             attempt += 1
             try:
                 sock, link_name, features = self.connect()
@@ -139,7 +157,10 @@ class CpeAgent:
     def _run_session(self, session: Session) -> None:
         """Drive the loop until the session ends or we are told to stop."""
         self.loop.call_every(TICK_S, lambda: self._tick(session))
+        assert self.watch is not None
+        self.watch.attach(self.loop)
         self.loop.run(lambda: session.ended or self.rt.stop.is_set())
+        self.watch.detach()
         if not session.ended:
             session.end("local_stop: agent stopping")
         self._flush_stats(session)
@@ -171,13 +192,13 @@ class CpeAgent:
         if now - self.last_reconcile < RECONCILE_S:
             return
         self.last_reconcile = now
-        self.problems = netsetup.apply_logged(self.cfg, self.problems)
+        self._apply()
         try:
             local = set(subflow_local_addresses(session.sock))
         except OSError:
             return
         for link in self.cpe.links:
-            if str(link.address) in local:
+            if str(link.address) in local or not self.monitor.is_up(link.name):
                 self.missing_subflow.pop(link.name, None)
                 continue
             # Two checks in a row without a subflow: ask the kernel for a new one.
@@ -191,10 +212,33 @@ class CpeAgent:
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
+    def _on_link_event(self, ev: LinkEvent) -> None:
+        """A link went down or came back: its endpoint goes out or back in, at once."""
+        others = [lk.name for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
+        metrics.LINK_UP.labels(ev.link).set(1 if ev.up else 0)
+        metrics.LINK_CHANGES.labels(ev.link, "up" if ev.up else "down").inc()
+        if ev.up:
+            log.info("link %s up (%s): endpoint restored, a new subflow joins", ev.link, ev.reason)
+        else:
+            log.warning(
+                "link %s down (%s): failover, its subflow is closed, traffic on %s",
+                ev.link,
+                ev.reason,
+                ", ".join(others) or "no link",
+            )
+        self._apply()
+        if ev.up:
+            self.missing_subflow.pop(ev.link, None)
+
+    def _on_carrier_back(self, link: Link) -> None:
+        log.info("link %s: carrier back, probing before use", link.name)
+        self._apply()  # the link's policy routes went with its carrier: probes need them
+
     def connect(self) -> tuple[socket.socket, str, hs.Feature]:
         """Connect from each link's address in turn (primary first) and authenticate."""
         errors = []
-        for link in self.cpe.links:
+        # Links found down are tried last (the primary first among the rest).
+        for link in sorted(self.cpe.links, key=lambda lk: not self.monitor.is_up(lk.name)):
             family = socket.AF_INET if link.address.version == 4 else socket.AF_INET6
             if self.cpe.bgw_address.version != link.address.version:
                 continue
@@ -223,6 +267,6 @@ class CpeAgent:
             return
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
-        self.problems = netsetup.apply_logged(new, self.problems)
+        self._apply()
         sync_routes(new.tunnel.tun_name, new.cpe.routes)
         log.info("config reloaded (BGW address, port and secret apply from the next connection)")

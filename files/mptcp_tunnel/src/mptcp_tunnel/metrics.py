@@ -103,6 +103,18 @@ SESSIONS_ENDED = Counter(
 )
 RECONNECTS = Counter("mptcp_tunnel_reconnects", "CPE connection attempts after the first", registry=REGISTRY)
 FALLBACKS = Counter("mptcp_tunnel_fallbacks", "Connections that fell back to plain TCP", registry=REGISTRY)
+LINK_UP = Gauge(
+    "mptcp_tunnel_link_up",
+    "CPE: 1 while the access link is usable (carrier and probe answers), 0 while its endpoint is out",
+    ["link"],
+    registry=REGISTRY,
+)
+LINK_CHANGES = Counter(
+    "mptcp_tunnel_link_changes",
+    "CPE: access link state changes (state=down|up)",
+    ["link", "state"],
+    registry=REGISTRY,
+)
 
 
 def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:

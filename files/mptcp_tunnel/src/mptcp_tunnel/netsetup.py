@@ -181,10 +181,12 @@ def endpoint_flags(cfg: AgentConfig, link: Link) -> int:
     return FLAG_SUBFLOW | (FLAG_BACKUP if backup else 0)
 
 
-def apply(cfg: AgentConfig, check: bool = False) -> Report:
+def apply(cfg: AgentConfig, check: bool = False, down: frozenset[str] = frozenset()) -> Report:
     """Bring limits, endpoints and policy routing in line with ``cfg``; with ``check``, only report.
 
     A link whose interface is missing is reported as a problem and skipped; the rest is applied.
+    Links named in ``down`` (found dead by the agent's link monitor) keep their routing but get no
+    endpoint: removing it closes their subflow at once, and adding it back opens a fresh one.
     """
     report = Report()
     for ifname in cfg.tunnel.gro_interfaces:
@@ -200,11 +202,16 @@ def apply(cfg: AgentConfig, check: bool = False) -> Report:
                         report.problems.append(f"link {link.name}: interface {link.interface} does not exist")
                         continue
                     ifindex[link.name] = found[0]
-                    _apply_routing(ipr, link, found[0], report, check)
+                    try:
+                        _apply_routing(ipr, link, found[0], report, check)
+                    except NetlinkError:
+                        if link.name not in down:
+                            raise
+                        # A link without carrier takes no routes; they are set when it is back.
                 wanted = [
                     Endpoint(str(link.address), endpoint_flags(cfg, link), ifindex[link.name])
                     for link in cfg.cpe.links
-                    if link.name in ifindex
+                    if link.name in ifindex and link.name not in down
                 ]
                 _apply_endpoints(pm, wanted, report, check)
     except NetlinkError as exc:
@@ -348,13 +355,15 @@ def recreate_endpoint(cfg: AgentConfig, link: Link) -> None:
             pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link), found[0]))
 
 
-def apply_logged(cfg: AgentConfig, known_problems: frozenset[str] = frozenset()) -> frozenset[str]:
+def apply_logged(
+    cfg: AgentConfig, known_problems: frozenset[str] = frozenset(), down: frozenset[str] = frozenset()
+) -> frozenset[str]:
     """apply() for a running agent: changes are logged, new problems too; nothing is fatal.
 
     Returns the current problems, to pass back next time so a lasting problem is logged once.
     """
     try:
-        report = apply(cfg)
+        report = apply(cfg, down=down)
     except (NetworkSetupError, OSError) as exc:
         log.error("network setup failed: %s", exc)
         return known_problems
