@@ -33,6 +33,7 @@ def recv(port: int, bin_s: float) -> None:
     edge = start + bin_s
     count = 0
     open_ = True
+    why = "eof"
     while open_:
         now = time.monotonic()
         while now >= edge:  # empty bins are printed too: a stall must show as zeros
@@ -46,14 +47,14 @@ def recv(port: int, bin_s: float) -> None:
                 n = conn.recv_into(buf)
             except BlockingIOError:
                 break
-            except OSError:
-                n = 0
+            except OSError as exc:
+                why, n = f"error: {exc}", 0
             if n == 0:
                 open_ = False
                 break
             count += n
     print(f"{edge - bin_s:.3f} {count}", flush=True)
-    print("done", flush=True)
+    print(f"done ({why})", flush=True)
     conn.close()
 
 
