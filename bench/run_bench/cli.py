@@ -18,6 +18,7 @@ ORDER = (
     "fig10_fixed_loss",
     "many_flows",
     "latency",
+    "failover",
     "datapath_ceiling",
     "fleet_scale",
     "fairness",

@@ -23,6 +23,7 @@ SCENARIOS = (
     "latency",
     "fleet_scale",
     "fairness",
+    "failover",
 )
 # Scenarios that build their own namespaces instead of using the netns lab.
 STANDALONE = ("fleet_scale", "fairness")

@@ -20,6 +20,7 @@ from run_bench.contenders import (
     series,
     stream_mbps,
 )
+from run_bench.failover_bench import failover
 from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
@@ -103,6 +104,7 @@ class Settings:
             "latency": 2 * len(self.latency_contenders),
             "fleet_scale": len(self.fleet_sizes),
             "fairness": 2 * r,
+            "failover": 8 * r,
         }[scenario]
 
 
@@ -588,6 +590,7 @@ RUNNERS: dict[str, Runner] = {
     "many_flows": many_flows,
     "latency": latency,
     "datapath_ceiling": datapath_ceiling,
+    "failover": failover,
 }
 
 

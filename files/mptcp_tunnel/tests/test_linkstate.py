@@ -81,3 +81,11 @@ def test_links_are_independent() -> None:
     probe_for(mon, 0.0, 1.0, answer=True, link="cellular")
     probe_for(mon, 0.0, 1.0, answer=False, link="fixed")
     assert mon.down == {"fixed"}
+
+
+def test_every_link_down_removes_no_endpoint() -> None:
+    mon = LinkMonitor(["fixed", "cellular"], S, 0.0)
+    mon.carrier("fixed", False, 1.0)
+    assert mon.excluded == {"fixed"}
+    mon.carrier("cellular", False, 1.1)
+    assert mon.down == {"fixed", "cellular"} and mon.excluded == frozenset()

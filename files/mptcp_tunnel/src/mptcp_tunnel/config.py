@@ -97,6 +97,7 @@ class AgentConfig:
     mode: Literal["mptcp", "hya"] = "mptcp"
     log_level: str = "info"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9477)
+    control_socket: str = ""  # Unix socket `mptcp-tunnel status` reads; "" = none
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     mptcp: MptcpLimits = field(default_factory=MptcpLimits)
     cpe: CpeSettings | None = None
@@ -393,6 +394,7 @@ def parse_config(raw: object, path: str) -> AgentConfig:
             mode=mode,  # type: ignore[arg-type]
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
             metrics_listen=_listen(top),
+            control_socket=_control_socket(top, role),
             tunnel=_tunnel(top.section("tunnel")),
             mptcp=_limits(top.section("mptcp")),
             cpe=_cpe(top.section("cpe", required=True), base_dir) if role == "cpe" else None,
@@ -406,6 +408,19 @@ def parse_config(raw: object, path: str) -> AgentConfig:
         return cfg
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def default_control_socket(role: str) -> str:
+    return f"/run/mptcp-tunnel/{role}.sock"
+
+
+def _control_socket(top: _Section, role: str) -> str:
+    value = top.string("control_socket", default_control_socket(role))
+    if value and not value.startswith("/"):
+        raise ConfigError(f'control_socket: {value!r} must be an absolute path (or "" for none)')
+    if len(value.encode()) > 107:  # sun_path
+        raise ConfigError("control_socket: longer than a Unix socket path may be (107 bytes)")
+    return value
 
 
 def _limits(sec: _Section) -> MptcpLimits:

@@ -6,25 +6,30 @@ worker: this process. Connecting and the handshake are blocking, with timeouts; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from typing import Any
 
-from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
+from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, status
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
 from mptcp_tunnel.config import AgentConfig, CpeSettings, Link, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake
+from mptcp_tunnel.linkmetrics import SubflowMetrics
 from mptcp_tunnel.linkstate import LinkEvent, LinkMonitor
 from mptcp_tunnel.linkwatch import LinkWatch
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
+    SubflowInfo,
     mptcp_info,
     mptcp_socket,
     set_congestion_control,
+    subflow_infos,
     subflow_local_addresses,
 )
 from mptcp_tunnel.runtime import TICK_S, Runtime
@@ -55,6 +60,11 @@ class CpeAgent:
         self.ticks = 0
         self.monitor = LinkMonitor([link.name for link in cfg.cpe.links], cfg.cpe.failover, time.monotonic())
         self.watch: LinkWatch | None = None
+        self.session: Session | None = None
+        self.session_via: str | None = None
+        self.link_reason: dict[str, str] = {}
+        self.subflow_metrics = SubflowMetrics([link.name for link in cfg.cpe.links])
+        self.tunnel_bytes = {"tx": 0, "rx": 0}
         runtime.on_reload = self.reload
 
     @property
@@ -64,7 +74,7 @@ class CpeAgent:
 
     def _apply(self) -> None:
         """Routing and endpoints as configured, minus the endpoints of links found down."""
-        self.problems = netsetup.apply_logged(self.cfg, self.problems, down=self.monitor.down)
+        self.problems = netsetup.apply_logged(self.cfg, self.problems, down=self.monitor.excluded)
 
     def run(self) -> int:
         self.watch = LinkWatch(
@@ -135,12 +145,14 @@ class CpeAgent:
                 on_end=lambda _s: None,
             )
             session.start()
+            self.session, self.session_via = session, link_name
             metrics.SESSION_UP.labels(self.cpe.id).set(1)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
             if self.offer and not vnet:
                 log.warning("TUN offload not negotiated (the BGW does not offer it): per-packet mode")
             log.info("session up via the %s link (%s)", link_name, "offload" if vnet else "per-packet")
             self._run_session(session)
+            self.session = None
             metrics.SESSION_UP.labels(self.cpe.id).set(0)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(0)
             metrics.SESSIONS_ENDED.labels(self.cpe.id, session.reason.split(":")[0]).inc()
@@ -178,6 +190,8 @@ class CpeAgent:
             return
         metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)
         self._flush_stats(session)
+        with contextlib.suppress(OSError):
+            self.subflow_metrics.update(subflow_infos(session.sock), self._link_of(), self._backup())
         self.rt.tick()
         self.reconcile(session)
 
@@ -185,6 +199,39 @@ class CpeAgent:
         deltas = session.take_deltas()
         if deltas is not None:
             metrics.apply_session_stats(self.cpe.id, deltas)
+            self.tunnel_bytes["tx"] += deltas[1]
+            self.tunnel_bytes["rx"] += deltas[3]
+
+    def _link_of(self) -> dict[str, str]:
+        return {str(link.address): link.name for link in self.cpe.links}
+
+    def _backup(self) -> dict[str, bool]:
+        return {
+            link.name: bool(netsetup.endpoint_flags(self.cfg, link) & netsetup.FLAG_BACKUP)
+            for link in self.cpe.links
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """For ``mptcp-tunnel status`` (called from the control thread: reads only)."""
+        session = self.session
+        subflows: list[SubflowInfo] = []
+        if session is not None and not session.ended:
+            try:
+                subflows = subflow_infos(session.sock)
+            except (OSError, ValueError):
+                subflows = []
+        return status.cpe_snapshot(
+            cpe_id=self.cpe.id,
+            policy=self.cpe.policy,
+            session_up=session is not None and not session.ended,
+            session_via=self.session_via,
+            links=self.cpe.links,
+            link_up={link.name: self.monitor.is_up(link.name) for link in self.cpe.links},
+            link_reason=dict(self.link_reason),
+            backup=self._backup(),
+            subflows=subflows,
+            tunnel_bytes=dict(self.tunnel_bytes),
+        )
 
     def reconcile(self, session: Session) -> None:
         """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
@@ -217,15 +264,19 @@ class CpeAgent:
         others = [lk.name for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
         metrics.LINK_UP.labels(ev.link).set(1 if ev.up else 0)
         metrics.LINK_CHANGES.labels(ev.link, "up" if ev.up else "down").inc()
+        stamp = time.strftime("%H:%M:%S")
+        self.link_reason[ev.link] = f"{stamp} {'up' if ev.up else 'down'}: {ev.reason}"
         if ev.up:
             log.info("link %s up (%s): endpoint restored, a new subflow joins", ev.link, ev.reason)
-        else:
+        elif others:
             log.warning(
                 "link %s down (%s): failover, its subflow is closed, traffic on %s",
                 ev.link,
                 ev.reason,
-                ", ".join(others) or "no link",
+                ", ".join(others),
             )
+        else:
+            log.warning("link %s down (%s): every link is down, endpoints kept", ev.link, ev.reason)
         self._apply()
         if ev.up:
             self.missing_subflow.pop(ev.link, None)

@@ -64,6 +64,16 @@ class LinkMonitor:
     def down(self) -> frozenset[str]:
         return frozenset(name for name, s in self._links.items() if not s.up)
 
+    @property
+    def excluded(self) -> frozenset[str]:
+        """Links whose endpoints go out: the down ones, unless that is every link.
+
+        With nothing left to fail over to, removing endpoints would only close the last subflows
+        (seen when the whole host stalled and every probe came late): then the kernel keeps trying.
+        """
+        down = self.down
+        return frozenset() if len(down) == len(self._links) else down
+
     def carrier(self, link: str, present: bool, now: float) -> list[LinkEvent]:
         st = self._links[link]
         if present == st.carrier:

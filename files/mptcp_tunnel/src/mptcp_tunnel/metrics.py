@@ -115,6 +115,36 @@ LINK_CHANGES = Counter(
     ["link", "state"],
     registry=REGISTRY,
 )
+SUBFLOW_BYTES = Counter(
+    "mptcp_tunnel_subflow_bytes",
+    "CPE: bytes on the link's subflows (direction=sent|received; sent counts retransmissions)",
+    ["link", "direction"],
+    registry=REGISTRY,
+)
+SUBFLOW_RETRANS = Counter(
+    "mptcp_tunnel_subflow_retransmits",
+    "CPE: segments retransmitted on the link's subflows",
+    ["link"],
+    registry=REGISTRY,
+)
+SUBFLOW_RTT = Gauge(
+    "mptcp_tunnel_subflow_rtt_seconds", "CPE: smoothed RTT of the link's subflow", ["link"], registry=REGISTRY
+)
+SUBFLOW_CWND = Gauge(
+    "mptcp_tunnel_subflow_cwnd",
+    "CPE: congestion window of the link's subflow, in segments",
+    ["link"],
+    registry=REGISTRY,
+)
+SUBFLOW_UP = Gauge(
+    "mptcp_tunnel_subflow_established", "CPE: established subflows on the link", ["link"], registry=REGISTRY
+)
+SUBFLOW_BACKUP = Gauge(
+    "mptcp_tunnel_subflow_backup",
+    "CPE: 1 when the link's endpoint has the backup flag (MP_PRIO)",
+    ["link"],
+    registry=REGISTRY,
+)
 
 
 def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
