@@ -55,7 +55,13 @@ DELETE = object()
         ("cpe.yaml", "cpe.links.1.table", 101, "cpe.links: duplicate table 101"),
         ("cpe.yaml", "cpe.links.0.table", 254, "cpe.links[0].table: 254 is a reserved routing table"),
         ("cpe.yaml", "cpe.links.0.interface", "a-name-far-too-long", "cpe.links[0].interface:"),
-        ("cpe.yaml", "cpe.policy", "overflow", "cpe.policy: 'overflow' is not one of aggregate, backup"),
+        (
+            "cpe.yaml",
+            "cpe.policy",
+            "hybrid",
+            "cpe.policy: 'hybrid' is not one of aggregate, backup, overflow",
+        ),
+        ("cpe.yaml", "cpe.overflow", {"leave_at": 0.95}, "cpe.overflow.leave_at: must be below join_at"),
         ("cpe.yaml", "cpe.id", "CPE_1", "cpe.id: 'CPE_1' must match"),
         ("cpe.yaml", "cpe.failover", {"probe_interval_ms": "fast"}, "cpe.failover.probe_interval_ms: "),
         ("cpe.yaml", "cpe.failover", {"down_after_ms": 150}, "cpe.failover.down_after_ms: must be"),
@@ -159,3 +165,11 @@ def test_unavailable_congestion_control_is_a_config_error_at_start(tmp_path: Pat
     res = run_cli("run", "--config", str(cfg))  # ... but not on this one
     assert res.returncode == 2
     assert "tunnel.congestion_control: 'warp-drive' is not available here" in res.stderr
+
+
+def test_overflow_needs_the_fixed_links_rate() -> None:
+    doc = mutate("cpe.yaml", "cpe.policy", "overflow")
+    assert parse_config(doc, "/etc/cpe.yaml").cpe.policy == "overflow"  # type: ignore[union-attr]
+    del doc["cpe"]["links"][0]["rate_mbit"]
+    with pytest.raises(ConfigError, match=r"cpe.links\[0\].rate_mbit: required on fixed links"):
+        parse_config(doc, "/etc/cpe.yaml")

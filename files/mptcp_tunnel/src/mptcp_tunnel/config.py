@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from mptcp_tunnel.linkstate import FailoverSettings
+from mptcp_tunnel.overflow import OverflowSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,6 +61,7 @@ class Link:
     address: IPAddress
     gateway: IPAddress | None
     table: int
+    rate_mbit: float = 0.0  # declared capacity (the overflow policy needs it on fixed links); 0 = unknown
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,13 @@ class CpeSettings:
     id: str
     secret: bytes
     bgw_address: IPAddress
-    policy: Literal["aggregate", "backup"]
+    policy: Literal["aggregate", "backup", "overflow"]
     routes: tuple[IPNetwork, ...]
     reconnect_initial_s: float
     reconnect_max_s: float
     links: tuple[Link, ...]
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    overflow: OverflowSettings = field(default_factory=OverflowSettings)
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ def _links(sec: _Section) -> tuple[Link, ...]:
             address=ls.address("address"),  # type: ignore[arg-type]
             gateway=gateway,
             table=ls.integer("table", 0, 1, 2**31 - 1),
+            rate_mbit=ls.number("rate_mbit", 0.0, 0.0, 1_000_000.0),
         )
         if link.table in RESERVED_TABLES:
             raise ConfigError(f"{ls.key('table')}: {link.table} is a reserved routing table")
@@ -297,19 +301,42 @@ def _failover(sec: _Section) -> FailoverSettings:
     return f
 
 
+def _overflow(sec: _Section) -> OverflowSettings:
+    o = OverflowSettings(
+        join_at=sec.number("join_at", 0.9, 0.05, 2.0),
+        join_after_s=sec.number("join_after_s", 2.0, 0.0, 3600.0),
+        leave_at=sec.number("leave_at", 0.7, 0.0, 2.0),
+        leave_after_s=sec.number("leave_after_s", 10.0, 0.0, 3600.0),
+    )
+    sec.finish()
+    if o.leave_at >= o.join_at:
+        raise ConfigError(f"{sec.key('leave_at')}: must be below join_at (hysteresis)")
+    return o
+
+
 def _cpe(sec: _Section, base_dir: Path) -> CpeSettings:
     cpe = CpeSettings(
         id=_cpe_id(sec),
         secret=_secret(sec, base_dir),
         bgw_address=sec.address("bgw_address"),  # type: ignore[arg-type]
-        policy=sec.choice("policy", "aggregate", ("aggregate", "backup")),  # type: ignore[arg-type]
+        policy=sec.choice("policy", "aggregate", ("aggregate", "backup", "overflow")),  # type: ignore[arg-type]
         routes=sec.networks("routes"),
         reconnect_initial_s=sec.number("reconnect_initial_s", 0.5, 0.05, 60.0),
         reconnect_max_s=sec.number("reconnect_max_s", 30.0, 0.1, 3600.0),
         links=_links(sec),
         failover=_failover(sec.section("failover")),
+        overflow=_overflow(sec.section("overflow")),
     )
     sec.finish()
+    if cpe.policy == "overflow":
+        kinds = {link.kind for link in cpe.links}
+        if kinds != {"fixed", "cellular"}:
+            raise ConfigError(f"{sec.key('policy')}: overflow needs at least one fixed and one cellular link")
+        for i, link in enumerate(cpe.links):
+            if link.kind == "fixed" and not link.rate_mbit:
+                raise ConfigError(
+                    f"{sec.key('links')}[{i}].rate_mbit: required on fixed links for policy overflow"
+                )
     if cpe.reconnect_max_s < cpe.reconnect_initial_s:
         raise ConfigError(f"{sec.key('reconnect_max_s')}: below reconnect_initial_s")
     families = {link.address.version for link in cpe.links}

@@ -32,6 +32,7 @@ from mptcp_tunnel.mptcp import (
     subflow_infos,
     subflow_local_addresses,
 )
+from mptcp_tunnel.overflow import OverflowPolicy
 from mptcp_tunnel.runtime import TICK_S, Runtime
 from mptcp_tunnel.tun import TunError, offload_supported, open_tun, sync_routes
 
@@ -65,6 +66,7 @@ class CpeAgent:
         self.link_reason: dict[str, str] = {}
         self.subflow_metrics = SubflowMetrics([link.name for link in cfg.cpe.links])
         self.tunnel_bytes = {"tx": 0, "rx": 0}
+        self.overflow = self._overflow_policy(cfg)
         runtime.on_reload = self.reload
 
     @property
@@ -72,9 +74,35 @@ class CpeAgent:
         assert self.cfg.cpe is not None
         return self.cfg.cpe
 
+    @staticmethod
+    def _overflow_policy(cfg: AgentConfig) -> OverflowPolicy | None:
+        assert cfg.cpe is not None
+        metrics.POLICY_CELLULAR_ACTIVE.set(0 if cfg.cpe.policy in ("backup", "overflow") else 1)
+        if cfg.cpe.policy != "overflow":
+            return None
+        capacity = sum(link.rate_mbit for link in cfg.cpe.links if link.kind == "fixed") * 1e6
+        return OverflowPolicy(cfg.cpe.overflow, capacity)
+
+    @property
+    def overflowing(self) -> bool:
+        return self.overflow is not None and self.overflow.active
+
     def _apply(self) -> None:
         """Routing and endpoints as configured, minus the endpoints of links found down."""
-        self.problems = netsetup.apply_logged(self.cfg, self.problems, down=self.monitor.excluded)
+        self.problems = netsetup.apply_logged(
+            self.cfg, self.problems, down=self.monitor.excluded, overflowing=self.overflowing
+        )
+
+    def _policy_tick(self) -> None:
+        if self.overflow is None:
+            return
+        decision = self.overflow.sample(time.monotonic(), self.tunnel_bytes["tx"], self.tunnel_bytes["rx"])
+        if decision is None:
+            return
+        log.info("policy overflow: %s", decision.reason)
+        metrics.POLICY_CELLULAR_ACTIVE.set(1 if decision.cellular_active else 0)
+        metrics.POLICY_CHANGES.labels("join" if decision.cellular_active else "leave").inc()
+        self._apply()  # flips the cellular endpoints' backup flag in place (MP_PRIO)
 
     def run(self) -> int:
         self.watch = LinkWatch(
@@ -192,6 +220,7 @@ class CpeAgent:
         self._flush_stats(session)
         with contextlib.suppress(OSError):
             self.subflow_metrics.update(subflow_infos(session.sock), self._link_of(), self._backup())
+        self._policy_tick()
         self.rt.tick()
         self.reconcile(session)
 
@@ -207,7 +236,7 @@ class CpeAgent:
 
     def _backup(self) -> dict[str, bool]:
         return {
-            link.name: bool(netsetup.endpoint_flags(self.cfg, link) & netsetup.FLAG_BACKUP)
+            link.name: bool(netsetup.endpoint_flags(self.cfg, link, self.overflowing) & netsetup.FLAG_BACKUP)
             for link in self.cpe.links
         }
 
@@ -231,7 +260,17 @@ class CpeAgent:
             backup=self._backup(),
             subflows=subflows,
             tunnel_bytes=dict(self.tunnel_bytes),
+            policy_state=self._policy_state(),
         )
+
+    def _policy_state(self) -> dict[str, Any]:
+        if self.overflow is None:
+            return {}
+        return {
+            "cellular_active": self.overflow.active,
+            "demand_mbps": round(self.overflow.demand_bps / 1e6, 2),
+            "fixed_capacity_mbps": round(self.overflow.capacity / 1e6, 2),
+        }
 
     def reconcile(self, session: Session) -> None:
         """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
@@ -255,7 +294,7 @@ class CpeAgent:
                 if streak == 2:
                     log.info("no subflow on the %s link: asking the kernel for a new one", link.name)
                 try:
-                    netsetup.recreate_endpoint(self.cfg, link)
+                    netsetup.recreate_endpoint(self.cfg, link, self.overflowing)
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
@@ -316,6 +355,9 @@ class CpeAgent:
         new = load_for_reload(self.cfg, {"tunnel.tun_name": self.cfg.tunnel.tun_name})
         if new is None or new.cpe is None:
             return
+        if new.cpe.policy != self.cpe.policy or new.cpe.overflow != self.cpe.overflow:
+            log.info("policy changed: %s -> %s (the connection stays up)", self.cpe.policy, new.cpe.policy)
+            self.overflow = self._overflow_policy(new)
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
         self._apply()

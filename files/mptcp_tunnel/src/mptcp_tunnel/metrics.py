@@ -145,6 +145,17 @@ SUBFLOW_BACKUP = Gauge(
     ["link"],
     registry=REGISTRY,
 )
+POLICY_CELLULAR_ACTIVE = Gauge(
+    "mptcp_tunnel_policy_cellular_active",
+    "CPE: 1 while cellular links may carry data by policy (aggregate; overflow joined), 0 while backup",
+    registry=REGISTRY,
+)
+POLICY_CHANGES = Counter(
+    "mptcp_tunnel_policy_changes",
+    "CPE: overflow decisions (change=join|leave)",
+    ["change"],
+    registry=REGISTRY,
+)
 
 
 def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:

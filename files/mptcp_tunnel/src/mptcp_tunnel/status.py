@@ -27,6 +27,7 @@ def cpe_snapshot(
     backup: dict[str, bool],
     subflows: list[SubflowInfo],
     tunnel_bytes: dict[str, int],
+    policy_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     by_address = {str(link.address): link.name for link in links}
     rows = []
@@ -52,6 +53,7 @@ def cpe_snapshot(
         "role": "cpe",
         "id": cpe_id,
         "policy": policy,
+        "policy_state": policy_state or {},
         "session": {"up": session_up, "via": session_via, "bytes": tunnel_bytes},
         "links": [
             {
@@ -100,8 +102,15 @@ def render(snap: dict[str, Any]) -> str:
         ]
         return "\n".join(lines + _table(["cpe", "session", "subflows", "tx", "rx"], rows)) + "\n"
     s = snap["session"]
+    ps = snap.get("policy_state") or {}
+    overflow = ""
+    if "cellular_active" in ps:
+        overflow = (
+            f" (cellular {'joined' if ps['cellular_active'] else 'standing by'}, demand"
+            f" {ps['demand_mbps']} of {ps['fixed_capacity_mbps']} Mbit/s fixed)"
+        )
     lines = [
-        f"CPE {snap['id']}  policy {snap['policy']}  session "
+        f"CPE {snap['id']}  policy {snap['policy']}{overflow}  session "
         + (f"up via {s['via']}" if s["up"] else "down")
         + f"  tunnel tx {_bytes(s['bytes'].get('tx', 0))} rx {_bytes(s['bytes'].get('rx', 0))}",
         "",
