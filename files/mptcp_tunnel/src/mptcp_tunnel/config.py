@@ -303,9 +303,9 @@ def _failover(sec: _Section) -> FailoverSettings:
 
 def _overflow(sec: _Section) -> OverflowSettings:
     o = OverflowSettings(
-        join_at=sec.number("join_at", 0.9, 0.05, 2.0),
+        join_at=sec.number("join_at", 0.85, 0.05, 2.0),
         join_after_s=sec.number("join_after_s", 2.0, 0.0, 3600.0),
-        leave_at=sec.number("leave_at", 0.7, 0.0, 2.0),
+        leave_at=sec.number("leave_at", 0.6, 0.0, 2.0),
         leave_after_s=sec.number("leave_after_s", 10.0, 0.0, 3600.0),
     )
     sec.finish()

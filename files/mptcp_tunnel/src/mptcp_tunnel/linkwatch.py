@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from mptcp_tunnel.config import Link
 from mptcp_tunnel.engine.loop import IN, EventLoop
@@ -31,6 +32,8 @@ SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
 ICMP6_FILTER = 1  # <netinet/icmp6.h>: which ICMPv6 types a raw socket receives
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+_NLMSGHDR = struct.Struct("=IHHII")
 
 
 def _checksum(data: bytes) -> int:
@@ -111,8 +114,11 @@ class LinkWatch:
         self.monitor = monitor
         self.on_event = on_event
         self.on_carrier_back = on_carrier_back
-        self.rtnl = IPRoute()
-        self.rtnl.bind(groups=RTMGRP_LINK)
+        # A plain rtnetlink socket for the events (pyroute2 0.9's IPRoute, once used for a request,
+        # dropped link events in a test here); pyroute2 parses the messages.
+        self.rtnl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.rtnl.bind((0, RTMGRP_LINK))
+        self.rtnl.setblocking(False)
         self.probers: list[_Prober] = []
         if monitor.settings.probe_interval_s > 0:
             base = os.getpid() & 0xFF00
@@ -126,10 +132,11 @@ class LinkWatch:
 
     def _initial_carrier(self) -> None:
         now = time.monotonic()
-        for ifname, link in self.links.items():
-            found = self.rtnl.link_lookup(ifname=ifname)
-            flags = self.rtnl.get_links(found[0])[0]["flags"] if found else 0
-            self._emit(self.monitor.carrier(link.name, _carrier(flags), now))
+        with IPRoute() as ipr:
+            for ifname, link in self.links.items():
+                found = ipr.link_lookup(ifname=ifname)
+                flags = ipr.get_links(found[0])[0]["flags"] if found else 0
+                self._emit(self.monitor.carrier(link.name, _carrier(flags), now))
 
     def attach(self, loop: EventLoop) -> None:
         """Start watching in ``loop`` (each session has a loop of its own)."""
@@ -176,22 +183,40 @@ class LinkWatch:
             self._emit(self.monitor.probe_reply(prober.link.name, time.monotonic()))
 
     def _on_rtnl(self, _events: int) -> None:
+        for _ in range(64):  # bounded work per readiness event
+            try:
+                data = self.rtnl.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ENOBUFS: events were lost; the probes still decide
+                log.warning("rtnetlink: %s", exc.strerror or exc)
+                return
+            now = time.monotonic()
+            off = 0
+            while off + _NLMSGHDR.size <= len(data):
+                length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
+                if length < _NLMSGHDR.size:
+                    break
+                if kind in (RTM_NEWLINK, RTM_DELLINK):
+                    self._link_message(data[off : off + length], kind, now)
+                off += (length + 3) & ~3
+
+    def _link_message(self, raw: bytes, kind: int, now: float) -> None:
         try:
-            messages = self.rtnl.get()
-        except OSError as exc:
-            log.warning("rtnetlink: %s", exc)
-            return
-        now = time.monotonic()
-        for msg in messages:
+            msg = ifinfmsg(raw)
+            msg.decode()
             name = msg.get_attr("IFLA_IFNAME")
-            link = self.links.get(name)
-            if link is None:
-                continue
-            present = msg["event"] != "RTM_DELLINK" and _carrier(msg["flags"])
-            before = self.monitor.has_carrier(link.name)
-            self._emit(self.monitor.carrier(link.name, present, now))
-            if present and not before:
-                self.on_carrier_back(link)  # routes first, so that the probes can answer
+            flags = int(msg["flags"])
+        except Exception:  # a message we cannot parse is not worth stopping for
+            return
+        link = self.links.get(name)
+        if link is None:
+            return
+        present = kind != RTM_DELLINK and _carrier(flags)
+        before = self.monitor.has_carrier(link.name)
+        self._emit(self.monitor.carrier(link.name, present, now))
+        if present and not before:
+            self.on_carrier_back(link)  # routes first, so that the probes can answer
 
 
 def _carrier(flags: int) -> bool:

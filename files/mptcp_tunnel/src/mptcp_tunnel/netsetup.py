@@ -211,7 +211,10 @@ def apply(
                     except NetlinkError:
                         if link.name not in down:
                             raise
+                    if link.name in down:
                         # A link without carrier takes no routes; they are set when it is back.
+                        mine = f"link {link.name}:"
+                        report.problems = [p for p in report.problems if not p.startswith(mine)]
                 wanted = [
                     Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing), ifindex[link.name])
                     for link in cfg.cpe.links

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class OverflowSettings:
-    join_at: float = 0.9  # demand / fixed capacity
+    join_at: float = 0.85  # demand / fixed capacity
     join_after_s: float = 2.0
-    leave_at: float = 0.7
+    leave_at: float = 0.6
     leave_after_s: float = 10.0
 
 
