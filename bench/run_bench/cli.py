@@ -19,6 +19,7 @@ ORDER = (
     "many_flows",
     "latency",
     "failover",
+    "overflow",
     "datapath_ceiling",
     "fleet_scale",
     "fairness",

@@ -163,6 +163,18 @@ def markdown(out_dir: Path) -> str:
                 )
         elif scenario == "fleet_scale":
             lines += _fleet_table(data)
+        elif scenario == "overflow":
+            lines += [
+                "| demand | tunnel Mbit/s | fixed MB | cellular MB | cellular share |"
+                " policy events |",
+                "|---|---:|---:|---:|---:|---|",
+            ]
+            for p in data["points"]:
+                lines.append(
+                    f"| {p.get('demand')} | {_fmt(p['mean_mbps'])} | {p['fixed_bytes'] / 1e6:.2f} |"
+                    f" {p['cellular_bytes'] / 1e6:.2f} | {p['cellular_share']:.1%} |"
+                    f" {'; '.join(p.get('policy_events', [])) or '-'} |"
+                )
         elif scenario == "failover":
             lines += [
                 "| policy | failure | direction | recover s (runs) | failback s (runs) |"

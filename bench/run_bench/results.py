@@ -24,6 +24,7 @@ SCENARIOS = (
     "fleet_scale",
     "fairness",
     "failover",
+    "overflow",
 )
 # Scenarios that build their own namespaces instead of using the netns lab.
 STANDALONE = ("fleet_scale", "fairness")

@@ -23,6 +23,7 @@ from run_bench.contenders import (
 from run_bench.failover_bench import failover
 from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
+from run_bench.overflow_bench import overflow
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 
 DEFAULT_LINKS = {
@@ -105,6 +106,7 @@ class Settings:
             "fleet_scale": len(self.fleet_sizes),
             "fairness": 2 * r,
             "failover": 8 * r,
+            "overflow": 4,
         }[scenario]
 
 
@@ -591,6 +593,7 @@ RUNNERS: dict[str, Runner] = {
     "latency": latency,
     "datapath_ceiling": datapath_ceiling,
     "failover": failover,
+    "overflow": overflow,
 }
 
 
