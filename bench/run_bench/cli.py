@@ -18,6 +18,8 @@ ORDER = (
     "fig10_fixed_loss",
     "many_flows",
     "latency",
+    "failover",
+    "overflow",
     "datapath_ceiling",
     "fleet_scale",
     "fairness",

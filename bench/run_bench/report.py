@@ -189,6 +189,33 @@ def markdown(out_dir: Path) -> str:
             lines += _fleet_table(data)
         elif scenario in SECURITY_COLUMNS:
             lines += _field_table(data, SECURITY_COLUMNS[scenario])
+        elif scenario == "overflow":
+            lines += [
+                "| demand | tunnel Mbit/s | fixed MB | cellular MB | cellular share |"
+                " policy events |",
+                "|---|---:|---:|---:|---:|---|",
+            ]
+            for p in data["points"]:
+                lines.append(
+                    f"| {p.get('demand')} | {_fmt(p['mean_mbps'])} | {p['fixed_bytes'] / 1e6:.2f} |"
+                    f" {p['cellular_bytes'] / 1e6:.2f} | {p['cellular_share']:.1%} |"
+                    f" {'; '.join(p.get('policy_events', [])) or '-'} |"
+                )
+        elif scenario == "failover":
+            lines += [
+                "| policy | failure | direction | recover s (runs) | failback s (runs) |"
+                " cellular Mbit/s | lowest 0.5 s after repair Mbit/s |",
+                "|---|---|---|---:|---:|---:|---:|",
+            ]
+            for p in data["points"]:
+                worst = [w for w in p.get("worst_after_repair_mbps", []) if w is not None]
+                rec = ", ".join(map(str, p.get("recover_s_runs", [])))
+                back = ", ".join(map(str, p.get("failback_s_runs", [])))
+                lines.append(
+                    f"| {p.get('policy')} | {p.get('kind')} | {p.get('direction')} |"
+                    f" {_fmt(p.get('recover_s'))} ({rec}) | {_fmt(p.get('failback_s'))} ({back}) |"
+                    f" {_fmt(p.get('mean_mbps'))} | {_fmt(min(worst) if worst else None)} |"
+                )
         elif scenario == "fairness":
             lines += [
                 "| condition | victim Mbit/s (mean ± sd) | ping p50 ms | ping p99 ms |"

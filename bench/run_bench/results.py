@@ -26,6 +26,8 @@ SCENARIOS = (
     "fuzz",
     "tls_handshakes",
     "lockout",
+    "failover",
+    "overflow",
 )
 # Scenarios that build their own namespaces (or need none) instead of using the netns lab.
 STANDALONE = ("fleet_scale", "fairness", "fuzz", "tls_handshakes", "lockout")

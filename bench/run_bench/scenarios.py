@@ -20,9 +20,11 @@ from run_bench.contenders import (
     series,
     stream_mbps,
 )
+from run_bench.failover_bench import failover
 from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
 from run_bench.lockout import lockout
+from run_bench.overflow_bench import overflow
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 from run_bench.security import fuzz, tls_handshakes
 
@@ -108,6 +110,8 @@ class Settings:
             "fuzz": 2,
             "tls_handshakes": 1,
             "lockout": 1,
+            "failover": 8 * r,
+            "overflow": 4,
         }[scenario]
 
 
@@ -612,6 +616,8 @@ RUNNERS: dict[str, Runner] = {
     "many_flows": many_flows,
     "latency": latency,
     "datapath_ceiling": datapath_ceiling,
+    "failover": failover,
+    "overflow": overflow,
 }
 
 

@@ -373,7 +373,10 @@ class Lab:
     def write_agent_config(self, role: str, cfg: dict[str, Any] | None = None) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / f"{role}.yaml"
-        path.write_text(yaml.safe_dump(cfg if cfg is not None else self.agent_config(role)))
+        cfg = dict(cfg if cfg is not None else self.agent_config(role))
+        # Both agents share this filesystem: each gets its control socket in the lab's state.
+        cfg.setdefault("control_socket", str(self.state_dir / f"{role}.sock"))
+        path.write_text(yaml.safe_dump(cfg))
         return path
 
     def start_agent(self, role: str, cfg: dict[str, Any] | None = None) -> None:

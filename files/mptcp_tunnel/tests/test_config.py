@@ -55,8 +55,17 @@ DELETE = object()
         ("cpe.yaml", "cpe.links.1.table", 101, "cpe.links: duplicate table 101"),
         ("cpe.yaml", "cpe.links.0.table", 254, "cpe.links[0].table: 254 is a reserved routing table"),
         ("cpe.yaml", "cpe.links.0.interface", "a-name-far-too-long", "cpe.links[0].interface:"),
-        ("cpe.yaml", "cpe.policy", "overflow", "cpe.policy: 'overflow' is not one of aggregate, backup"),
+        (
+            "cpe.yaml",
+            "cpe.policy",
+            "hybrid",
+            "cpe.policy: 'hybrid' is not one of aggregate, backup, overflow",
+        ),
+        ("cpe.yaml", "cpe.overflow", {"leave_at": 0.95}, "cpe.overflow.leave_at: must be below join_at"),
         ("cpe.yaml", "cpe.id", "CPE_1", "cpe.id: 'CPE_1' must match"),
+        ("cpe.yaml", "cpe.failover", {"probe_interval_ms": "fast"}, "cpe.failover.probe_interval_ms: "),
+        ("cpe.yaml", "cpe.failover", {"down_after_ms": 150}, "cpe.failover.down_after_ms: must be"),
+        ("cpe.yaml", "cpe.failover", {"probes": 3}, "cpe.failover.probes: unknown key"),
         ("cpe.yaml", "cpe.bgw_address", DELETE, "cpe.bgw_address: missing (required)"),
         ("cpe.yaml", "cpe.routes", ["10.0.0.1/8"], "cpe.routes[0]: '10.0.0.1/8' is not a prefix"),
         ("cpe.yaml", "role", "router", "role: 'router' is not one of cpe, bgw"),
@@ -243,3 +252,9 @@ def test_the_per_source_limit_is_a_positive_integer() -> None:
     doc["bgw"]["max_pending_per_source"] = 0
     with pytest.raises(ConfigError, match=r"bgw.max_pending_per_source: 0 is out of range 1\.\.1000000"):
         parse_config(doc, "bgw.yaml")
+def test_overflow_needs_the_fixed_links_rate() -> None:
+    doc = mutate("cpe.yaml", "cpe.policy", "overflow")
+    assert parse_config(doc, "/etc/cpe.yaml").cpe.policy == "overflow"  # type: ignore[union-attr]
+    del doc["cpe"]["links"][0]["rate_mbit"]
+    with pytest.raises(ConfigError, match=r"cpe.links\[0\].rate_mbit: required on fixed links"):
+        parse_config(doc, "/etc/cpe.yaml")

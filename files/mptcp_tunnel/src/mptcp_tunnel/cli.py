@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mptcp_tunnel import __version__, exitcodes, metrics, netsetup
-from mptcp_tunnel.config import AgentConfig, ConfigError, load_config
+from mptcp_tunnel.config import AgentConfig, ConfigError, default_control_socket, load_config
 from mptcp_tunnel.mptcp import MptcpUnavailable
 from mptcp_tunnel.runtime import Runtime
 from mptcp_tunnel.tun import TunError
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--config", required=True, metavar="FILE")
     net.add_argument("--check", action="store_true", help="report what would change, change nothing")
     net.add_argument("--json", action="store_true", help="print the report as JSON")
+    st = sub.add_parser("status", help="show the running agent's links, subflows and policy")
+    st.add_argument("--config", metavar="FILE", help="the agent's config (for its control_socket)")
+    st.add_argument("--socket", metavar="PATH", help="control socket path (overrides --config)")
+    st.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     # Internal: a BGW worker process, started by the BGW's control process with its channel fd.
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--channel-fd", type=int, required=True)
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         from mptcp_tunnel.engine import worker
 
         return worker.main(args.channel_fd, args.index)
+    if args.command == "status":
+        return _status(args.config, args.socket, args.json)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -117,6 +124,50 @@ def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
     return exitcodes.RUNTIME_ERROR if report.problems else exitcodes.OK
 
 
+def _status(config: str | None, path: str | None, as_json: bool) -> int:
+    from mptcp_tunnel import control, status
+
+    if path is None:
+        if config is None:
+            path = default_control_socket("cpe")
+            if not os.path.exists(path) and os.path.exists(default_control_socket("bgw")):
+                path = default_control_socket("bgw")
+        else:
+            try:
+                path = load_config(config).control_socket
+            except ConfigError as exc:
+                print(f"mptcp-tunnel: config error: {exc}", file=sys.stderr)
+                return exitcodes.CONFIG_ERROR
+            if not path:
+                print(f"mptcp-tunnel: {config}: control_socket is disabled", file=sys.stderr)
+                return exitcodes.CONFIG_ERROR
+    try:
+        snap = control.query(path)
+    except control.ControlError as exc:
+        print(f"mptcp-tunnel: {exc}", file=sys.stderr)
+        return exitcodes.RUNTIME_ERROR
+    if as_json:
+        print(json.dumps(snap, indent=2))
+    else:
+        try:
+            print(status.render(snap), end="")
+        except (KeyError, TypeError, ValueError) as exc:
+            print(f"mptcp-tunnel: unexpected snapshot from the agent ({exc}); try --json", file=sys.stderr)
+            return exitcodes.RUNTIME_ERROR
+    return exitcodes.OK
+
+
+def _control(cfg: AgentConfig, agent: Any) -> Any:
+    """Start the control socket for ``agent`` (None when disabled or unavailable)."""
+    from mptcp_tunnel import control, status
+
+    if not cfg.control_socket:
+        return None
+    snap = agent.snapshot if cfg.role == "cpe" else status.bgw_snapshot
+    server = control.ControlServer(cfg.control_socket, snap)
+    return server if server.start() else None
+
+
 def _run(cfg: AgentConfig) -> int:
     _setup_logging(cfg.log_level)
     problem = _host_problem(cfg)
@@ -135,13 +186,21 @@ def _run(cfg: AgentConfig) -> int:
             # The HYA baseline (benchmarks only) is loaded on demand.
             hya_io = importlib.import_module("mptcp_tunnel.hya_io")
             return int(hya_io.run_hya(cfg, cfg.hya, runtime.stop))
+        agent: Any
         if cfg.role == "cpe":
             from mptcp_tunnel.cpe import CpeAgent
 
-            return CpeAgent(cfg, runtime).run()
-        from mptcp_tunnel.bgw import BgwAgent
+            agent = CpeAgent(cfg, runtime)
+        else:
+            from mptcp_tunnel.bgw import BgwAgent
 
-        return BgwAgent(cfg, runtime).run()
+            agent = BgwAgent(cfg, runtime)
+        server = _control(cfg, agent)
+        try:
+            return int(agent.run())
+        finally:
+            if server is not None:
+                server.close()
     except MptcpUnavailable as exc:
         log.error("%s", exc)
         return exitcodes.NO_MPTCP

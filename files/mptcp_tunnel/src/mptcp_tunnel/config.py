@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
+from mptcp_tunnel.linkstate import FailoverSettings
+from mptcp_tunnel.overflow import OverflowSettings
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +72,7 @@ class Link:
     address: IPAddress
     gateway: IPAddress | None
     table: int
+    rate_mbit: float = 0.0  # declared capacity (the overflow policy needs it on fixed links); 0 = unknown
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,14 @@ class CpeSettings:
     id: str
     secret: bytes  # b"" with encryption tls (the certificate is the credential)
     bgw_address: IPAddress
-    policy: Literal["aggregate", "backup"]
+    policy: Literal["aggregate", "backup", "overflow"]
     routes: tuple[IPNetwork, ...]
     reconnect_initial_s: float
     reconnect_max_s: float
     links: tuple[Link, ...]
     bgw_name: str = ""  # the name the BGW's certificate must carry (encryption tls)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
+    overflow: OverflowSettings = field(default_factory=OverflowSettings)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class AgentConfig:
     mode: Literal["mptcp", "hya"] = "mptcp"
     log_level: str = "info"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9477)
+    control_socket: str = ""  # Unix socket `mptcp-tunnel status` reads; "" = none
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     mptcp: MptcpLimits = field(default_factory=MptcpLimits)
     cpe: CpeSettings | None = None
@@ -287,6 +294,7 @@ def _links(sec: _Section) -> tuple[Link, ...]:
             address=ls.address("address"),  # type: ignore[arg-type]
             gateway=gateway,
             table=ls.integer("table", 0, 1, 2**31 - 1),
+            rate_mbit=ls.number("rate_mbit", 0.0, 0.0, 1_000_000.0),
         )
         if link.table in RESERVED_TABLES:
             raise ConfigError(f"{ls.key('table')}: {link.table} is a reserved routing table")
@@ -300,6 +308,32 @@ def _links(sec: _Section) -> tuple[Link, ...]:
         if dupes:
             raise ConfigError(f"{sec.key('links')}: duplicate {attr} {sorted(map(str, dupes))[0]}")
     return tuple(links)
+
+
+def _failover(sec: _Section) -> FailoverSettings:
+    f = FailoverSettings(
+        probe_interval_s=sec.integer("probe_interval_ms", 100, 0, 10_000) / 1000,
+        down_after_s=sec.integer("down_after_ms", 500, 50, 600_000) / 1000,
+        up_after_probes=sec.integer("up_after_probes", 3, 1, 100),
+    )
+    sec.finish()
+    if f.probe_interval_s and f.down_after_s < 2 * f.probe_interval_s:
+        raise ConfigError(f"{sec.key('down_after_ms')}: must be at least twice probe_interval_ms")
+    return f
+
+
+def _overflow(sec: _Section) -> OverflowSettings:
+    o = OverflowSettings(
+        join_at=sec.number("join_at", 0.85, 0.05, 2.0),
+        join_after_s=sec.number("join_after_s", 2.0, 0.0, 3600.0),
+        leave_at=sec.number("leave_at", 0.6, 0.0, 2.0),
+        leave_after_s=sec.number("leave_after_s", 10.0, 0.0, 3600.0),
+    )
+    sec.finish()
+    if o.leave_at >= o.join_at:
+        raise ConfigError(f"{sec.key('leave_at')}: must be below join_at (hysteresis)")
+    return o
+
 
 
 def _tls(sec: _Section, base_dir: Path) -> TlsSettings:
@@ -335,14 +369,25 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
         id=_cpe_id(sec),
         secret=_secret(sec, base_dir, required=not tls),
         bgw_address=sec.address("bgw_address"),  # type: ignore[arg-type]
-        policy=sec.choice("policy", "aggregate", ("aggregate", "backup")),  # type: ignore[arg-type]
+        policy=sec.choice("policy", "aggregate", ("aggregate", "backup", "overflow")),  # type: ignore[arg-type]
         routes=sec.networks("routes"),
         reconnect_initial_s=sec.number("reconnect_initial_s", 0.5, 0.05, 60.0),
         reconnect_max_s=sec.number("reconnect_max_s", 30.0, 0.1, 3600.0),
         links=_links(sec),
         bgw_name=_name(sec, "bgw_name", required=tls),
+        failover=_failover(sec.section("failover")),
+        overflow=_overflow(sec.section("overflow")),
     )
     sec.finish()
+    if cpe.policy == "overflow":
+        kinds = {link.kind for link in cpe.links}
+        if kinds != {"fixed", "cellular"}:
+            raise ConfigError(f"{sec.key('policy')}: overflow needs at least one fixed and one cellular link")
+        for i, link in enumerate(cpe.links):
+            if link.kind == "fixed" and not link.rate_mbit:
+                raise ConfigError(
+                    f"{sec.key('links')}[{i}].rate_mbit: required on fixed links for policy overflow"
+                )
     if cpe.reconnect_max_s < cpe.reconnect_initial_s:
         raise ConfigError(f"{sec.key('reconnect_max_s')}: below reconnect_initial_s")
     families = {link.address.version for link in cpe.links}
@@ -465,6 +510,7 @@ def parse_config(raw: object, path: str) -> AgentConfig:
             mode=mode,  # type: ignore[arg-type]
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
             metrics_listen=_listen(top),
+            control_socket=_control_socket(top, role),
             tunnel=tunnel,
             mptcp=_limits(top.section("mptcp")),
             cpe=_cpe(top.section("cpe", required=True), base_dir, tls) if role == "cpe" else None,
@@ -481,6 +527,19 @@ def parse_config(raw: object, path: str) -> AgentConfig:
         return cfg
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def default_control_socket(role: str) -> str:
+    return f"/run/mptcp-tunnel/{role}.sock"
+
+
+def _control_socket(top: _Section, role: str) -> str:
+    value = top.string("control_socket", default_control_socket(role))
+    if value and not value.startswith("/"):
+        raise ConfigError(f'control_socket: {value!r} must be an absolute path (or "" for none)')
+    if len(value.encode()) > 107:  # sun_path
+        raise ConfigError("control_socket: longer than a Unix socket path may be (107 bytes)")
+    return value
 
 
 def _limits(sec: _Section) -> MptcpLimits:

@@ -6,25 +6,33 @@ worker: this process. Connecting and the handshake are blocking, with timeouts; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from typing import Any
 
-from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
+from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, status
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
-from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, load_for_reload
+from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, Link, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake, client_tls
+from mptcp_tunnel.linkmetrics import SubflowMetrics
+from mptcp_tunnel.linkstate import LinkEvent, LinkMonitor
+from mptcp_tunnel.linkwatch import LinkWatch
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
+    SubflowInfo,
     mptcp_info,
     mptcp_socket,
     set_congestion_control,
+    subflow_infos,
     subflow_local_addresses,
 )
+from mptcp_tunnel.overflow import OverflowPolicy
 from mptcp_tunnel.runtime import TICK_S, Runtime
 from mptcp_tunnel.tls import TlsChannel, TlsError, client_context
 from mptcp_tunnel.tun import TunError, offload_supported, open_tun, sync_routes
@@ -53,6 +61,14 @@ class CpeAgent:
         self.offer = hs.Feature.NONE
         self.ticks = 0
         self.tls_ctx = client_context(cfg.tls) if cfg.tls is not None else None
+        self.monitor = LinkMonitor([link.name for link in cfg.cpe.links], cfg.cpe.failover, time.monotonic())
+        self.watch: LinkWatch | None = None
+        self.session: Session | None = None
+        self.session_via: str | None = None
+        self.link_reason: dict[str, str] = {}
+        self.subflow_metrics = SubflowMetrics([link.name for link in cfg.cpe.links])
+        self.tunnel_bytes = {"tx": 0, "rx": 0}
+        self.overflow = self._overflow_policy(cfg)
         runtime.on_reload = self.reload
 
     @property
@@ -60,8 +76,47 @@ class CpeAgent:
         assert self.cfg.cpe is not None
         return self.cfg.cpe
 
+    @staticmethod
+    def _overflow_policy(cfg: AgentConfig) -> OverflowPolicy | None:
+        assert cfg.cpe is not None
+        metrics.POLICY_CELLULAR_ACTIVE.set(0 if cfg.cpe.policy in ("backup", "overflow") else 1)
+        if cfg.cpe.policy != "overflow":
+            return None
+        capacity = sum(link.rate_mbit for link in cfg.cpe.links if link.kind == "fixed") * 1e6
+        return OverflowPolicy(cfg.cpe.overflow, capacity)
+
+    @property
+    def overflowing(self) -> bool:
+        return self.overflow is not None and self.overflow.active
+
+    def _apply(self) -> None:
+        """Routing and endpoints as configured, minus the endpoints of links found down."""
+        self.problems = netsetup.apply_logged(
+            self.cfg, self.problems, down=self.monitor.excluded, overflowing=self.overflowing
+        )
+
+    def _policy_tick(self) -> None:
+        if self.overflow is None:
+            return
+        decision = self.overflow.sample(time.monotonic(), self.tunnel_bytes["tx"], self.tunnel_bytes["rx"])
+        if decision is None:
+            return
+        log.info("policy overflow: %s", decision.reason)
+        metrics.POLICY_CELLULAR_ACTIVE.set(1 if decision.cellular_active else 0)
+        metrics.POLICY_CHANGES.labels("join" if decision.cellular_active else "leave").inc()
+        self._apply()  # flips the cellular endpoints' backup flag in place (MP_PRIO)
+
     def run(self) -> int:
-        self.problems = netsetup.apply_logged(self.cfg)
+        self.watch = LinkWatch(
+            self.cpe.links,
+            str(self.cpe.bgw_address),
+            self.monitor,
+            self._on_link_event,
+            self._on_carrier_back,
+        )
+        for link in self.cpe.links:
+            metrics.LINK_UP.labels(link.name).set(1 if self.monitor.is_up(link.name) else 0)
+        self._apply()
         offload = self.cfg.tunnel.offload
         if offload != "off":
             if offload_supported():
@@ -84,6 +139,7 @@ class CpeAgent:
         finally:
             os.close(tun_fd)
             self.loop.close()
+            self.watch.close()
 
     def _loop(self, tun_fd: int) -> int:
         attempt = 0
@@ -91,7 +147,7 @@ class CpeAgent:
             if attempt:
                 metrics.RECONNECTS.inc()
                 # Links may have flapped while we were away: their policy routes must be back first.
-                self.problems = netsetup.apply_logged(self.cfg, self.problems)
+                self._apply()
             attempt += 1
             try:
                 sock, link_name, features, tls, leftover = self.connect()
@@ -121,6 +177,7 @@ class CpeAgent:
                 rx_tail=leftover,
             )
             session.start()
+            self.session, self.session_via = session, link_name
             metrics.SESSION_UP.labels(self.cpe.id).set(1)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
             if self.offer and not vnet:
@@ -132,6 +189,7 @@ class CpeAgent:
                 "offload" if vnet else "per-packet",
             )
             self._run_session(session)
+            self.session = None
             metrics.SESSION_UP.labels(self.cpe.id).set(0)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(0)
             metrics.SESSIONS_ENDED.labels(self.cpe.id, session.reason.split(":")[0]).inc()
@@ -148,7 +206,10 @@ class CpeAgent:
     def _run_session(self, session: Session) -> None:
         """Drive the loop until the session ends or we are told to stop."""
         self.loop.call_every(TICK_S, lambda: self._tick(session))
+        assert self.watch is not None
+        self.watch.attach(self.loop)
         self.loop.run(lambda: session.ended or self.rt.stop.is_set())
+        self.watch.detach()
         if not session.ended:
             session.end("local_stop: agent stopping")
         self._flush_stats(session)
@@ -166,6 +227,9 @@ class CpeAgent:
             return
         metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)
         self._flush_stats(session)
+        with contextlib.suppress(OSError):
+            self.subflow_metrics.update(subflow_infos(session.sock), self._link_of(), self._backup())
+        self._policy_tick()
         self.rt.tick()
         self.reconcile(session)
 
@@ -173,6 +237,49 @@ class CpeAgent:
         deltas = session.take_deltas()
         if deltas is not None:
             metrics.apply_session_stats(self.cpe.id, deltas)
+            self.tunnel_bytes["tx"] += deltas[1]
+            self.tunnel_bytes["rx"] += deltas[3]
+
+    def _link_of(self) -> dict[str, str]:
+        return {str(link.address): link.name for link in self.cpe.links}
+
+    def _backup(self) -> dict[str, bool]:
+        return {
+            link.name: bool(netsetup.endpoint_flags(self.cfg, link, self.overflowing) & netsetup.FLAG_BACKUP)
+            for link in self.cpe.links
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """For ``mptcp-tunnel status`` (called from the control thread: reads only)."""
+        session = self.session
+        subflows: list[SubflowInfo] = []
+        if session is not None and not session.ended:
+            try:
+                subflows = subflow_infos(session.sock)
+            except (OSError, ValueError):
+                subflows = []
+        return status.cpe_snapshot(
+            cpe_id=self.cpe.id,
+            policy=self.cpe.policy,
+            session_up=session is not None and not session.ended,
+            session_via=self.session_via,
+            links=self.cpe.links,
+            link_up={link.name: self.monitor.is_up(link.name) for link in self.cpe.links},
+            link_reason=dict(self.link_reason),
+            backup=self._backup(),
+            subflows=subflows,
+            tunnel_bytes=dict(self.tunnel_bytes),
+            policy_state=self._policy_state(),
+        )
+
+    def _policy_state(self) -> dict[str, Any]:
+        if self.overflow is None:
+            return {}
+        return {
+            "cellular_active": self.overflow.active,
+            "demand_mbps": round(self.overflow.demand_bps / 1e6, 2),
+            "fixed_capacity_mbps": round(self.overflow.capacity / 1e6, 2),
+        }
 
     def reconcile(self, session: Session) -> None:
         """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
@@ -180,13 +287,13 @@ class CpeAgent:
         if now - self.last_reconcile < RECONCILE_S:
             return
         self.last_reconcile = now
-        self.problems = netsetup.apply_logged(self.cfg, self.problems)
+        self._apply()
         try:
             local = set(subflow_local_addresses(session.sock))
         except OSError:
             return
         for link in self.cpe.links:
-            if str(link.address) in local:
+            if str(link.address) in local or not self.monitor.is_up(link.name):
                 self.missing_subflow.pop(link.name, None)
                 continue
             # Two checks in a row without a subflow: ask the kernel for a new one.
@@ -196,14 +303,41 @@ class CpeAgent:
                 if streak == 2:
                     log.info("no subflow on the %s link: asking the kernel for a new one", link.name)
                 try:
-                    netsetup.recreate_endpoint(self.cfg, link)
+                    netsetup.recreate_endpoint(self.cfg, link, self.overflowing)
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
+
+    def _on_link_event(self, ev: LinkEvent) -> None:
+        """A link went down or came back: its endpoint goes out or back in, at once."""
+        others = [lk.name for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
+        metrics.LINK_UP.labels(ev.link).set(1 if ev.up else 0)
+        metrics.LINK_CHANGES.labels(ev.link, "up" if ev.up else "down").inc()
+        stamp = time.strftime("%H:%M:%S")
+        self.link_reason[ev.link] = f"{stamp} {'up' if ev.up else 'down'}: {ev.reason}"
+        if ev.up:
+            log.info("link %s up (%s): endpoint restored, a new subflow joins", ev.link, ev.reason)
+        elif others:
+            log.warning(
+                "link %s down (%s): failover, its subflow is closed, traffic on %s",
+                ev.link,
+                ev.reason,
+                ", ".join(others),
+            )
+        else:
+            log.warning("link %s down (%s): every link is down, endpoints kept", ev.link, ev.reason)
+        self._apply()
+        if ev.up:
+            self.missing_subflow.pop(ev.link, None)
+
+    def _on_carrier_back(self, link: Link) -> None:
+        log.info("link %s: carrier back, probing before use", link.name)
+        self._apply()  # the link's policy routes went with its carrier: probes need them
 
     def connect(self) -> tuple[socket.socket, str, hs.Feature, TlsChannel | None, bytes]:
         """Connect from each link's address in turn (primary first) and authenticate."""
         errors = []
-        for link in self.cpe.links:
+        # Links found down are tried last (the primary first among the rest).
+        for link in sorted(self.cpe.links, key=lambda lk: not self.monitor.is_up(lk.name)):
             family = socket.AF_INET if link.address.version == 4 else socket.AF_INET6
             if self.cpe.bgw_address.version != link.address.version:
                 continue
@@ -242,9 +376,12 @@ class CpeAgent:
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
                 return
+        if new.cpe.policy != self.cpe.policy or new.cpe.overflow != self.cpe.overflow:
+            log.info("policy changed: %s -> %s (the connection stays up)", self.cpe.policy, new.cpe.policy)
+            self.overflow = self._overflow_policy(new)
         self.cfg = new
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
-        self.problems = netsetup.apply_logged(new, self.problems)
+        self._apply()
         sync_routes(new.tunnel.tun_name, new.cpe.routes)
         log.info(
             "config reloaded (BGW address, port, secret and certificates apply from the next connection)"

@@ -108,6 +108,59 @@ STREAM_STALLS = Counter(
     registry=REGISTRY,
 )
 FALLBACKS = Counter("mptcp_tunnel_fallbacks", "Connections that fell back to plain TCP", registry=REGISTRY)
+LINK_UP = Gauge(
+    "mptcp_tunnel_link_up",
+    "CPE: 1 while the access link is usable (carrier and probe answers), 0 while its endpoint is out",
+    ["link"],
+    registry=REGISTRY,
+)
+LINK_CHANGES = Counter(
+    "mptcp_tunnel_link_changes",
+    "CPE: access link state changes (state=down|up)",
+    ["link", "state"],
+    registry=REGISTRY,
+)
+SUBFLOW_BYTES = Counter(
+    "mptcp_tunnel_subflow_bytes",
+    "CPE: bytes on the link's subflows (direction=sent|received; sent counts retransmissions)",
+    ["link", "direction"],
+    registry=REGISTRY,
+)
+SUBFLOW_RETRANS = Counter(
+    "mptcp_tunnel_subflow_retransmits",
+    "CPE: segments retransmitted on the link's subflows",
+    ["link"],
+    registry=REGISTRY,
+)
+SUBFLOW_RTT = Gauge(
+    "mptcp_tunnel_subflow_rtt_seconds", "CPE: smoothed RTT of the link's subflow", ["link"], registry=REGISTRY
+)
+SUBFLOW_CWND = Gauge(
+    "mptcp_tunnel_subflow_cwnd",
+    "CPE: congestion window of the link's subflow, in segments",
+    ["link"],
+    registry=REGISTRY,
+)
+SUBFLOW_UP = Gauge(
+    "mptcp_tunnel_subflow_established", "CPE: established subflows on the link", ["link"], registry=REGISTRY
+)
+SUBFLOW_BACKUP = Gauge(
+    "mptcp_tunnel_subflow_backup",
+    "CPE: 1 when the link's endpoint has the backup flag (MP_PRIO)",
+    ["link"],
+    registry=REGISTRY,
+)
+POLICY_CELLULAR_ACTIVE = Gauge(
+    "mptcp_tunnel_policy_cellular_active",
+    "CPE: 1 while cellular links may carry data by policy (aggregate; overflow joined), 0 while backup",
+    registry=REGISTRY,
+)
+POLICY_CHANGES = Counter(
+    "mptcp_tunnel_policy_changes",
+    "CPE: overflow decisions (change=join|leave)",
+    ["change"],
+    registry=REGISTRY,
+)
 
 
 def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:

@@ -104,3 +104,83 @@ def subflow_local_addresses(sock: socket.socket) -> list[str]:
         elif family == socket.AF_INET6:
             addresses.append(socket.inet_ntop(socket.AF_INET6, buf.raw[off + 8 : off + 24]))
     return addresses
+
+
+MPTCP_TCPINFO = 2
+# struct tcp_info fields read here (offsets from <linux/tcp.h>; every field up to bytes_retrans
+# exists since Linux 4.19, older kernels return less and the missing fields read 0).
+_TCP_INFO_SIZE = 232
+_TCP_STATES = {1: "established", 2: "syn-sent", 4: "fin-wait-1", 5: "fin-wait-2", 7: "close", 8: "close-wait"}
+
+
+@dataclass(frozen=True)
+class SubflowInfo:
+    local: str
+    remote: str
+    state: str
+    rtt_us: int
+    cwnd: int
+    bytes_sent: int  # bytes_sent counts retransmissions too (tcpi_bytes_sent)
+    bytes_received: int
+    bytes_retrans: int
+    total_retrans: int  # segments
+    unacked: int
+    backoff: int
+
+
+def _subflow_request(sock: socket.socket, optname: int, entry: int) -> tuple[bytes, int, int]:
+    size = _SUBFLOW_DATA.size + _MAX_SUBFLOWS * entry
+    buf = ctypes.create_string_buffer(_SUBFLOW_DATA.pack(_SUBFLOW_DATA.size, 0, 0, entry), size)
+    length = ctypes.c_uint32(size)
+    if _libc.getsockopt(sock.fileno(), SOL_MPTCP, optname, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    _, count, _, user = _SUBFLOW_DATA.unpack_from(buf.raw)
+    return buf.raw, min(count, _MAX_SUBFLOWS), user
+
+
+def _sockaddr(raw: bytes, off: int) -> str:
+    (family,) = struct.unpack_from("=H", raw, off)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[off + 4 : off + 8])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[off + 8 : off + 24])
+    return ""
+
+
+def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
+    """Per-subflow TCP state (MPTCP_TCPINFO) paired with addresses (MPTCP_SUBFLOW_ADDRS).
+
+    Both lists come in the kernel's subflow order; a subflow that appears or goes between the two
+    calls shows up as a length mismatch, and then only the shorter prefix is paired.
+    """
+    addrs, n_addr, a_size = _subflow_request(sock, MPTCP_SUBFLOW_ADDRS, _SUBFLOW_ADDRS_SIZE)
+    infos, n_info, i_size = _subflow_request(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)
+    out = []
+    base = _SUBFLOW_DATA.size
+    for i in range(min(n_addr, n_info)):
+        a = base + i * a_size
+        t = infos[base + i * i_size : base + (i + 1) * i_size].ljust(_TCP_INFO_SIZE, b"\0")
+        state, _ca, _retr, _probes, backoff = struct.unpack_from("=BBBBB", t, 0)
+        (unacked,) = struct.unpack_from("=I", t, 24)
+        (rtt,) = struct.unpack_from("=I", t, 68)
+        (cwnd,) = struct.unpack_from("=I", t, 80)
+        (total_retrans,) = struct.unpack_from("=I", t, 100)
+        (received,) = struct.unpack_from("=Q", t, 128)
+        sent, retrans = struct.unpack_from("=QQ", t, 200)
+        out.append(
+            SubflowInfo(
+                local=_sockaddr(addrs, a),
+                remote=_sockaddr(addrs, a + 128),
+                state=_TCP_STATES.get(state, str(state)),
+                rtt_us=rtt,
+                cwnd=cwnd,
+                bytes_sent=sent,
+                bytes_received=received,
+                bytes_retrans=retrans,
+                total_retrans=total_retrans,
+                unacked=unacked,
+                backoff=backoff,
+            )
+        )
+    return out

@@ -175,16 +175,22 @@ def _netlink() -> Iterator[tuple[IPRoute, PathManager]]:
         pm.close()
 
 
-def endpoint_flags(cfg: AgentConfig, link: Link) -> int:
+def endpoint_flags(cfg: AgentConfig, link: Link, overflowing: bool = False) -> int:
+    """``backup``: cellular always backup; ``overflow``: backup until the agent lets it join."""
     assert cfg.cpe is not None
-    backup = cfg.cpe.policy == "backup" and link.kind == "cellular"
+    policy = cfg.cpe.policy
+    backup = link.kind == "cellular" and (policy == "backup" or (policy == "overflow" and not overflowing))
     return FLAG_SUBFLOW | (FLAG_BACKUP if backup else 0)
 
 
-def apply(cfg: AgentConfig, check: bool = False) -> Report:
+def apply(
+    cfg: AgentConfig, check: bool = False, down: frozenset[str] = frozenset(), overflowing: bool = False
+) -> Report:
     """Bring limits, endpoints and policy routing in line with ``cfg``; with ``check``, only report.
 
     A link whose interface is missing is reported as a problem and skipped; the rest is applied.
+    Links named in ``down`` (found dead by the agent's link monitor) keep their routing but get no
+    endpoint: removing it closes their subflow at once, and adding it back opens a fresh one.
     """
     report = Report()
     for ifname in cfg.tunnel.gro_interfaces:
@@ -200,11 +206,19 @@ def apply(cfg: AgentConfig, check: bool = False) -> Report:
                         report.problems.append(f"link {link.name}: interface {link.interface} does not exist")
                         continue
                     ifindex[link.name] = found[0]
-                    _apply_routing(ipr, link, found[0], report, check)
+                    try:
+                        _apply_routing(ipr, link, found[0], report, check)
+                    except NetlinkError:
+                        if link.name not in down:
+                            raise
+                    if link.name in down:
+                        # A link without carrier takes no routes; they are set when it is back.
+                        mine = f"link {link.name}:"
+                        report.problems = [p for p in report.problems if not p.startswith(mine)]
                 wanted = [
-                    Endpoint(str(link.address), endpoint_flags(cfg, link), ifindex[link.name])
+                    Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing), ifindex[link.name])
                     for link in cfg.cpe.links
-                    if link.name in ifindex
+                    if link.name in ifindex and link.name not in down
                 ]
                 _apply_endpoints(pm, wanted, report, check)
     except NetlinkError as exc:
@@ -336,7 +350,7 @@ def _apply_routing(ipr: IPRoute, link: Link, ifindex: int, report: Report, check
                 report.problems.append(f"link {link.name}: gateway {gateway} is not on {link.interface}")
 
 
-def recreate_endpoint(cfg: AgentConfig, link: Link) -> None:
+def recreate_endpoint(cfg: AgentConfig, link: Link, overflowing: bool = False) -> None:
     """Delete and re-add a link's endpoint: the kernel then opens a new subflow on it for every
     established connection (it never retries a subflow that died on its own)."""
     with _netlink() as (ipr, pm):
@@ -345,16 +359,21 @@ def recreate_endpoint(cfg: AgentConfig, link: Link) -> None:
             if ep.address == str(link.address):
                 pm.delete(ep)
         if found:
-            pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link), found[0]))
+            pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing), found[0]))
 
 
-def apply_logged(cfg: AgentConfig, known_problems: frozenset[str] = frozenset()) -> frozenset[str]:
+def apply_logged(
+    cfg: AgentConfig,
+    known_problems: frozenset[str] = frozenset(),
+    down: frozenset[str] = frozenset(),
+    overflowing: bool = False,
+) -> frozenset[str]:
     """apply() for a running agent: changes are logged, new problems too; nothing is fatal.
 
     Returns the current problems, to pass back next time so a lasting problem is logged once.
     """
     try:
-        report = apply(cfg)
+        report = apply(cfg, down=down, overflowing=overflowing)
     except (NetworkSetupError, OSError) as exc:
         log.error("network setup failed: %s", exc)
         return known_problems

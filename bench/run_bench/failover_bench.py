@@ -1,0 +1,93 @@
+"""Scenario ``failover`` (issue 9): time to recover from a fixed-link failure and to fail back.
+
+One bulk flow through the tunnel, measured at the receiver in 0.1 s bins (``mtlab.failover``); the
+fixed link is broken after 8 s (``cut``: a blackhole with the carrier up; ``carrier``: both
+interfaces down) and repaired 8 s later. Per failure kind, direction and policy one point with
+``recover_s`` (to >= 90 % of the cellular-only rate) and ``failback_s`` (to the cellular rate plus a
+quarter of what the fixed link added), the worst over the repetitions, every run kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mtlab import Lab, LabError
+from mtlab.failover import measure
+
+from run_bench.contenders import Agents
+from run_bench.results import Progress, ScenarioResult, warn
+
+KINDS = ("cut", "carrier")
+DIRECTIONS = ("down", "up")
+POLICIES = ("aggregate", "backup")
+
+
+def _start(lab: Lab, agents: Agents, policy: str) -> None:
+    """The shipped configuration with ``cpe.policy`` set (later scenarios get a restart)."""
+    agents.stop()
+    lab.start_agent("bgw")
+    cfg = lab.agent_config("cpe")
+    cfg["cpe"]["policy"] = policy
+    lab.start_agent("cpe", cfg)
+    lab.wait_tunnel(30)
+    agents._wait_subflows()
+    agents.mode = f"mptcp-policy-{policy}"  # not a mode ensure() knows: the next scenario restarts
+
+
+def failover(
+    lab: Lab,
+    agents: Agents,
+    s: object,
+    progress: Progress,
+    save: Callable[[ScenarioResult], None],
+) -> ScenarioResult:
+    reps: int = getattr(s, "reps", 1)
+    quick: bool = getattr(s, "quick", False)
+    timing = {"before_s": 6.0, "down_s": 6.0, "after_s": 8.0} if quick else {}
+    res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, **timing})
+    res.links = {
+        name: {"rate_mbit": p.rate_mbit, "rtt_ms": 2 * p.delay_ms, "loss_pct": p.loss_pct}
+        for name, p in lab.links.items()
+    }
+    for policy in POLICIES:
+        _start(lab, agents, policy)
+        for kind in KINDS:
+            for direction in DIRECTIONS:
+                runs = []
+                for rep in range(reps):
+                    label = f"{policy} {kind} {direction} rep {rep + 1}/{reps}"
+                    try:
+                        run = measure(lab, kind, direction, **timing)
+                    except LabError as exc:
+                        progress.step(f"{label}: FAILED ({exc})")
+                        continue
+                    runs.append(run)
+                    progress.step(
+                        f"{label}: recover {run.recover_s} s, failback {run.failback_s} s,"
+                        f" worst after repair {run.worst_after_repair_mbps:.1f} Mbit/s"
+                    )
+                if not runs:
+                    warn(f"failover {policy} {kind} {direction}: no run succeeded")
+                    continue
+                rec = [r.recover_s for r in runs]
+                back = [r.failback_s for r in runs]
+                res.add_point(
+                    "mptcp-tunnel",
+                    [r.cell_mbps for r in runs],  # the cellular-only rate during the failure
+                    kind=kind,
+                    direction=direction,
+                    policy=policy,
+                    recover_s=None if None in rec else max(x for x in rec if x is not None),
+                    failback_s=None if None in back else max(x for x in back if x is not None),
+                    recover_s_runs=rec,
+                    failback_s_runs=back,
+                    before_mbps=[round(r.before_mbps, 2) for r in runs],
+                    worst_after_repair_mbps=[round(r.worst_after_repair_mbps, 2) for r in runs],
+                    series_mbps=[[round(x, 2) for _, x in r.bins] for r in runs[:1]],
+                    series_t0_s=runs[0].bins[0][0] if runs[0].bins else None,
+                )
+                save(res)
+    res.notes.append(
+        "runs_mbps: the cellular-only rate during the failure; recover_s/failback_s: worst run"
+    )
+    return res

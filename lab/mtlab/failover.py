@@ -1,0 +1,160 @@
+"""Failover measured from the receiver's side: one bulk flow, the fixed link broken and repaired.
+
+``measure(lab, kind, direction)`` runs a ``mtlab.flowmeter`` flow through the tunnel (``down``:
+server -> client, ``up``: client -> server), breaks the fixed link after ``before_s`` (``cut``:
+every packet dropped with the carrier up, ``carrier``: both interfaces set down), repairs it
+``down_s`` later and returns the receiver's 0.1 s bins with the figures derived from them:
+
+- ``recover_s``: failure -> the end of the first 0.1 s bin that starts a 0.3 s stretch at
+  >= 90 % of the cellular-only rate (the steady rate from 3 s after the failure to the repair).
+- ``failback_s``: repair -> the end of the first bin that starts a 0.3 s stretch above the
+  cellular-only rate by at least a quarter of what the fixed link added before the failure.
+- ``worst_after_repair_mbps``: the lowest 0.5 s average from the repair to the end (the old bug:
+  the tunnel carried nothing for 4-5 s about 6 s after a repair).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .flowmeter import parse_bins
+from .lab import Lab, LabError
+from .topology import address, wire
+
+BIN_S = 0.1
+PORT = 5011
+
+
+@dataclass
+class FailoverRun:
+    kind: str
+    direction: str
+    bins: list[tuple[float, float]] = field(repr=False)  # (seconds after the failure, Mbit/s)
+    repair_at_s: float
+    before_mbps: float
+    cell_mbps: float
+    recover_s: float | None
+    failback_s: float | None
+    worst_after_repair_mbps: float
+
+    def as_point(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "direction": self.direction,
+            "before_mbps": round(self.before_mbps, 2),
+            "cell_mbps": round(self.cell_mbps, 2),
+            "recover_s": self.recover_s,
+            "failback_s": self.failback_s,
+            "worst_after_repair_mbps": round(self.worst_after_repair_mbps, 2),
+        }
+
+
+def break_link(lab: Lab, kind: str, link: str = "fixed") -> None:
+    if kind == "cut":
+        lab.cut(link)
+        return
+    w = wire(link)
+    for end in (w.a, w.b):
+        lab.exec(end.role, ["ip", "link", "set", end.ifname, "down"])
+
+
+def repair_link(lab: Lab, kind: str, link: str = "fixed") -> None:
+    if kind == "cut":
+        lab.restore(link)
+        return
+    w = wire(link)
+    for end in (w.a, w.b):
+        lab.exec(end.role, ["ip", "link", "set", end.ifname, "up"])
+
+
+def _first_stretch(bins: list[tuple[float, float]], start: float, threshold: float) -> float | None:
+    """End time of the first bin at or after ``start`` that begins 3 bins averaging >= threshold."""
+    for i, (t, _) in enumerate(bins):
+        if t < start - 1e-6 or i + 3 > len(bins):
+            continue
+        if statistics.fmean(r for _, r in bins[i : i + 3]) >= threshold:
+            return round(t + BIN_S - start, 2)
+    return None
+
+
+def start_flow(lab: Lab, direction: str, seconds: float, tag: str = "fo") -> None:
+    snd, rcv = ("server", "client") if direction == "down" else ("client", "server")
+    for name in (f"{tag}-recv", f"{tag}-send"):  # logs are appended to: start from empty ones
+        (lab.state_dir / f"{name}.log").unlink(missing_ok=True)
+    recv = lab.python("mtlab.flowmeter", "recv", "--port", str(PORT))
+    lab.serve(rcv, recv, f"{tag}-recv", ready="ready")
+    host = address(rcv, "eth0")
+    send = ["send", "--host", host, "--port", str(PORT), "--seconds", str(seconds)]
+    lab.popen(snd, lab.python("mtlab.flowmeter", *send), f"{tag}-send")
+
+
+def finish_flow(lab: Lab, timeout: float, tag: str = "fo") -> list[tuple[float, int]]:
+    deadline = time.monotonic() + timeout
+    try:
+        while "done" not in lab.log(f"{tag}-recv"):
+            if time.monotonic() > deadline:
+                raise LabError(f"the flow did not finish within {timeout} s")
+            time.sleep(0.2)
+        return parse_bins(lab.log(f"{tag}-recv"))
+    finally:
+        lab.stop(f"{tag}-send", timeout=2)
+        lab.stop(f"{tag}-recv", timeout=2)
+
+
+def measure(
+    lab: Lab,
+    kind: str,
+    direction: str,
+    before_s: float = 8.0,
+    down_s: float = 8.0,
+    after_s: float = 12.0,
+) -> FailoverRun:
+    if kind not in ("cut", "carrier") or direction not in ("down", "up"):
+        raise LabError(f"failover: unknown kind {kind!r} or direction {direction!r}")
+    start_flow(lab, direction, before_s + down_s + after_s)
+    repaired = True
+    try:
+        time.sleep(before_s)
+        t_fail = time.monotonic()
+        repaired = False
+        break_link(lab, kind)
+        time.sleep(down_s)
+        t_repair = time.monotonic()
+        repair_link(lab, kind)
+        repaired = True
+        raw = finish_flow(lab, after_s + 30)
+        sender_log = lab.log("fo-send")
+    finally:
+        if not repaired:
+            repair_link(lab, kind)
+    bins = [(t - t_fail, b * 8 / BIN_S / 1e6) for t, b in raw]
+    repair_at = t_repair - t_fail
+    before = [r for t, r in bins if -before_s + 3 <= t < -0.2]
+    cell = [r for t, r in bins if 3.0 <= t < repair_at - 0.2]
+    if not before or not cell:
+        raise LabError("failover: the flow did not cover the failure")
+    before_mbps, cell_mbps = statistics.median(before), statistics.median(cell)
+    recover = _first_stretch(bins, 0.0, 0.9 * cell_mbps)
+    back_threshold = cell_mbps + 0.25 * max(0.0, before_mbps - cell_mbps)
+    failback = _first_stretch(bins, repair_at, back_threshold)
+    after = [r for t, r in bins if repair_at <= t < bins[-1][0] - 0.5]
+    if len(after) < 10:
+        raise LabError(
+            f"failover: the flow ended {bins[-1][0] - repair_at:.1f} s after the repair "
+            f"(sender: {sender_log.strip()[-300:]!r})"
+        )
+    windows = [statistics.fmean(after[i : i + 5]) for i in range(len(after) - 4)]
+    return FailoverRun(
+        kind=kind,
+        direction=direction,
+        bins=bins,
+        repair_at_s=round(repair_at, 2),
+        before_mbps=before_mbps,
+        cell_mbps=cell_mbps,
+        recover_s=recover,
+        failback_s=failback,
+        worst_after_repair_mbps=min(windows),
+    )
