@@ -252,6 +252,8 @@ def test_the_per_source_limit_is_a_positive_integer() -> None:
     doc["bgw"]["max_pending_per_source"] = 0
     with pytest.raises(ConfigError, match=r"bgw.max_pending_per_source: 0 is out of range 1\.\.1000000"):
         parse_config(doc, "bgw.yaml")
+
+
 def test_overflow_needs_the_fixed_links_rate() -> None:
     doc = mutate("cpe.yaml", "cpe.policy", "overflow")
     assert parse_config(doc, "/etc/cpe.yaml").cpe.policy == "overflow"  # type: ignore[union-attr]

@@ -335,7 +335,6 @@ def _overflow(sec: _Section) -> OverflowSettings:
     return o
 
 
-
 def _tls(sec: _Section, base_dir: Path) -> TlsSettings:
     def file(name: str, required: bool = True) -> str:
         value = sec.string(name, "", required=required)
