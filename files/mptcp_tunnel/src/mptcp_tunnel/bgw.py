@@ -515,6 +515,16 @@ class BgwAgent:
             self._release_source(pending.source)
         return pending
 
+    def _refuse(self, fd: int, pending: Pending, exc: hs.HandshakeError) -> None:
+        """Count, log (rate-limited) and close a failed handshake; the peer learns no more than it must."""
+        metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
+        if self.limiter.allow("refused connection"):
+            log.warning("refused connection from %s: %s", pending.peer, exc)
+        self._forget_pending(fd)
+        # which id or secret was wrong stays in our log: the peer is told only that it failed
+        public = "authentication failed" if exc.reason in ("unknown_cpe", "auth_failed") else str(exc)
+        self._reject(pending.conn, public)
+
     def _on_claim(self, fd: int) -> None:
         """TLS: read the CLAIM, exactly (the ClientHello behind it is the worker's), then hand over."""
         pending = self.pending.get(fd)
@@ -536,12 +546,7 @@ class BgwAgent:
         except BlockingIOError:
             return
         except hs.HandshakeError as exc:
-            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
-            if self.limiter.allow("refused connection"):
-                log.warning("refused connection from %s: %s", pending.peer, exc)
-            self._forget_pending(fd)
-            public = "authentication failed" if exc.reason == "unknown_cpe" else str(exc)
-            self._reject(pending.conn, public)
+            self._refuse(fd, pending, exc)
             return
         except OSError:
             metrics.HANDSHAKE_FAILURES.labels("io_error").inc()
@@ -599,12 +604,7 @@ class BgwAgent:
         except BlockingIOError:
             return
         except hs.HandshakeError as exc:
-            metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
-            if self.limiter.allow("refused connection"):
-                log.warning("refused connection from %s: %s", pending.peer, exc)
-            self._forget_pending(fd)
-            public = "authentication failed" if exc.reason in ("unknown_cpe", "auth_failed") else str(exc)
-            self._reject(pending.conn, public)
+            self._refuse(fd, pending, exc)
             return
         except OSError as exc:
             metrics.HANDSHAKE_FAILURES.labels("io_error").inc()

@@ -34,7 +34,7 @@ from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
 from mptcp_tunnel.srcfilter import SourceFilter
-from mptcp_tunnel.tls import load_contexts
+from mptcp_tunnel.tls import TlsChannel, load_contexts
 from mptcp_tunnel.tun import VNET_HDR_LEN
 
 log = logging.getLogger("mptcp_tunnel.worker")
@@ -184,42 +184,32 @@ class Worker:
                 {**_brief(message), "ok": False, "reason": error.reason, "detail": hs.escape(str(error))}
             )
             return
-        cpe_id = message["cpe"]
-        old = self.sessions.get(cpe_id)
-        if old is not None:  # the newer, verified connection replaces the older one, here and now
-            old.end("replaced: the CPE reconnected")
         vnet = bool(accept.features & hs.Feature.VNET_HDR)
-        session = Session(
-            self.loop,
-            self.buffers,
-            accept.sock,
-            tun_fd,
-            cpe_id,
-            self.tunnel,
-            vnet=vnet,
-            source_filter=SourceFilter(_prefixes(message["prefixes"]), VNET_HDR_LEN if vnet else 0),
-            owns_tun=True,
-            on_end=self._ended,
-            generation=int(message["gen"]),
-            dirty=self.dirty,
-            tls=accept.channel,
-            rx_tail=accept.leftover,
-        )
-        self.sessions[cpe_id] = session
-        self._send({**_brief(message), "ok": True, "vnet": vnet})
-        try:
-            session.start()
-        except OSError as exc:
-            session.end(f"internal_error: cannot start the session: {exc.strerror or exc}")
+        self._run_session(message, accept.sock, tun_fd, vnet, accept.channel, accept.leftover, answer=True)
 
     def _attach(self, message: dict[str, Any], fds: list[int]) -> None:
         sock_fd, tun_fd = fds
+        sock = socket.socket(fileno=sock_fd)
+        self._run_session(message, sock, tun_fd, bool(message["vnet"]))
+
+    def _run_session(
+        self,
+        message: dict[str, Any],
+        sock: socket.socket,
+        tun_fd: int,
+        vnet: bool,
+        tls: TlsChannel | None = None,
+        rx_tail: bytes = b"",
+        answer: bool = False,
+    ) -> None:
+        """The CPE's newer authenticated connection replaces its older session, here and now.
+
+        ``answer``: tell the control process the admit succeeded, before the session can end.
+        """
         cpe_id = message["cpe"]
         old = self.sessions.get(cpe_id)
-        if old is not None:  # a newer authenticated connection replaces the older one, here and now
+        if old is not None:
             old.end("replaced: the CPE reconnected")
-        vnet = bool(message["vnet"])
-        sock = socket.socket(fileno=sock_fd)
         session = Session(
             self.loop,
             self.buffers,
@@ -233,8 +223,12 @@ class Worker:
             on_end=self._ended,
             generation=int(message["gen"]),
             dirty=self.dirty,
+            tls=tls,
+            rx_tail=rx_tail,
         )
         self.sessions[cpe_id] = session
+        if answer:
+            self._send({**_brief(message), "ok": True, "vnet": vnet})
         try:
             session.start()
         except OSError as exc:
