@@ -64,7 +64,7 @@ def cpe_snapshot(
                 "up": link_up.get(link.name, False),
                 "backup": backup.get(link.name, False),
                 "last_change": link_reason.get(link.name, ""),
-                "subflows": sum(1 for r in rows if r["link"] == link.name),
+                "subflows": sum(1 for r in rows if r["link"] == link.name and r["state"] == "established"),
             }
             for link in links
         ],
