@@ -515,6 +515,22 @@ class BgwAgent:
             self._release_source(pending.source)
         return pending
 
+    def _send_to_worker(
+        self, handle: WorkerHandle, slot: CpeSlot, pending: Pending, message: dict[str, Any]
+    ) -> bool:
+        """Send the connection and the CPE's TUN to its worker; ours are closed either way."""
+        try:
+            if handle.chan is None:  # the worker died a moment ago
+                raise ConnectionError("worker restarting")
+            channel.send(handle.chan, message, [pending.conn.fileno(), slot.tun_fd])
+        except OSError as exc:
+            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
+            log.error("cannot hand CPE %s to worker %d: %s", slot.entry.id, handle.index, exc)
+            return False
+        finally:
+            pending.conn.close()  # on success the worker holds the connection now
+        return True
+
     def _refuse(self, fd: int, pending: Pending, exc: hs.HandshakeError) -> None:
         """Count, log (rate-limited) and close a failed handshake; the peer learns no more than it must."""
         metrics.HANDSHAKE_FAILURES.labels(exc.reason).inc()
@@ -569,15 +585,9 @@ class BgwAgent:
             "peer": pending.peer,
             "prefixes": [str(p) for p in slot.entry.prefixes],
         }
-        try:
-            channel.send(handle.chan, message, [pending.conn.fileno(), slot.tun_fd])
-        except OSError as exc:
-            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
-            log.error("cannot hand CPE %s to worker %d: %s", slot.entry.id, handle.index, exc)
-            pending.conn.close()
+        if not self._send_to_worker(handle, slot, pending, message):
             self._release_source(pending.source)
             return
-        pending.conn.close()  # the worker holds the connection now
         self.admitting[(slot.entry.id, slot.generation)] = (pending.source, handle.index)
 
     def _on_handshake(self, fd: int) -> None:
@@ -630,14 +640,8 @@ class BgwAgent:
             "vnet": vnet,
             "prefixes": [str(p) for p in slot.entry.prefixes],
         }
-        try:
-            channel.send(handle.chan, message, [pending.conn.fileno(), slot.tun_fd])
-        except OSError as exc:
-            metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
-            log.error("cannot hand CPE %s to worker %d: %s", slot.entry.id, handle.index, exc)
-            pending.conn.close()
+        if not self._send_to_worker(handle, slot, pending, message):
             return
-        pending.conn.close()  # the worker holds the connection now
         if slot.up:
             metrics.SESSIONS_ENDED.labels(slot.entry.id, "replaced").inc()
         slot.up = True
