@@ -64,27 +64,6 @@ def test_tls_credentials(h, name, purpose):
     assert h.file(f"{pki}/crl.pem").exists == (purpose == "sslserver")
 
 
-def test_rotate_certs_costs_the_cpe_one_reconnect_and_the_bgw_none():
-    pki = "/etc/mptcp-tunnel/pki"
-
-    def serial(h):
-        return ok(h, f"openssl x509 -in {pki}/node.crt -noout -serial").strip().split("=")[1]
-
-    wait_ping(CLIENT, SERVER4)
-    old_cpe, old_bgw = serial(CPE), serial(BGW)
-    ended = metric(metrics(BGW), "mptcp_tunnel_sessions_ended", cpe="cpe1")
-    run_site(molecule_inventory(), play="playbooks/rotate-certs.yml")
-    assert serial(CPE) != old_cpe and serial(BGW) != old_bgw
-    # the CPE's replaced certificate is revoked on the BGW; its new one is not
-    crl = ok(BGW, f"openssl crl -in {pki}/crl.pem -noout -text")
-    assert old_cpe in crl.replace(":", "") and serial(CPE) not in crl.replace(":", "")
-    wait_ping(CLIENT, SERVER4)
-    m = metrics(BGW)
-    assert metric(m, "mptcp_tunnel_session_up", cpe="cpe1") == 1
-    # the CPE restarted once with its new certificate; the BGW's reload ended nothing
-    assert metric(m, "mptcp_tunnel_sessions_ended", cpe="cpe1") - ended == 1
-
-
 @pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
 def test_units_active_and_enabled(h):
     agent = h.service(AGENT_UNIT)
@@ -272,3 +251,25 @@ def test_admission_limit_per_source():
         "import time; time.sleep(1)\"",
     )
     assert dropped() - before >= 300
+
+
+def test_rotate_certs_costs_the_cpe_one_reconnect_and_the_bgw_none():
+    # last: the CPE restarts with its new certificate (a fresh connection for any test after it)
+    pki = "/etc/mptcp-tunnel/pki"
+
+    def serial(h):
+        return ok(h, f"openssl x509 -in {pki}/node.crt -noout -serial").strip().split("=")[1]
+
+    wait_ping(CLIENT, SERVER4)
+    old_cpe, old_bgw = serial(CPE), serial(BGW)
+    ended = metric(metrics(BGW), "mptcp_tunnel_sessions_ended", cpe="cpe1")
+    run_site(molecule_inventory(), play="playbooks/rotate-certs.yml")
+    assert serial(CPE) != old_cpe and serial(BGW) != old_bgw
+    # the CPE's replaced certificate is revoked on the BGW; its new one is not
+    crl = ok(BGW, f"openssl crl -in {pki}/crl.pem -noout -text")
+    assert old_cpe in crl.replace(":", "") and serial(CPE) not in crl.replace(":", "")
+    wait_ping(CLIENT, SERVER4)
+    m = metrics(BGW)
+    assert metric(m, "mptcp_tunnel_session_up", cpe="cpe1") == 1
+    # the CPE restarted once with its new certificate; the BGW's reload ended nothing
+    assert metric(m, "mptcp_tunnel_sessions_ended", cpe="cpe1") - ended == 1

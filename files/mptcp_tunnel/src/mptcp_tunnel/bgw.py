@@ -385,6 +385,19 @@ class BgwAgent:
         elif op == "admitted":
             self._admitted(handle, message)
 
+    def _session_up(
+        self, handle: WorkerHandle, slot: CpeSlot, gen: int, vnet: bool, peer: str, how: str
+    ) -> None:
+        if slot.up:  # the CPE reconnected: its older session was replaced in the worker, count it
+            metrics.SESSIONS_ENDED.labels(slot.entry.id, "replaced").inc()
+        slot.up = True
+        slot.live_gen = gen
+        handle.cpes.add(slot.entry.id)
+        metrics.SESSION_UP.labels(slot.entry.id).set(1)
+        metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(1 if vnet else 0)
+        mode = "offload" if vnet else "per-packet"
+        log.info("CPE %s: session up from %s (worker %d, %s%s)", slot.entry.id, peer, handle.index, how, mode)
+
     def _session_down(self, slot: CpeSlot, reason: str) -> None:
         slot.up = False
         metrics.SESSION_UP.labels(slot.entry.id).set(0)
@@ -409,19 +422,7 @@ class BgwAgent:
         slot = self.slots.get(cpe_id)
         if slot is None:
             return  # removed meanwhile; the worker got the detach after this
-        vnet = bool(message["vnet"])
-        slot.up = True
-        slot.live_gen = gen
-        handle.cpes.add(cpe_id)
-        metrics.SESSION_UP.labels(cpe_id).set(1)
-        metrics.SESSION_OFFLOAD.labels(cpe_id).set(1 if vnet else 0)
-        log.info(
-            "CPE %s: session up from %s (worker %d, TLS 1.3, %s)",
-            cpe_id,
-            peer,
-            handle.index,
-            "offload" if vnet else "per-packet",
-        )
+        self._session_up(handle, slot, gen, bool(message["vnet"]), peer, "TLS 1.3, ")
 
     # --- admission ---------------------------------------------------------------------------------
     def _on_listener(self, _events: int) -> None:
@@ -642,20 +643,7 @@ class BgwAgent:
         }
         if not self._send_to_worker(handle, slot, pending, message):
             return
-        if slot.up:
-            metrics.SESSIONS_ENDED.labels(slot.entry.id, "replaced").inc()
-        slot.up = True
-        slot.live_gen = slot.generation
-        handle.cpes.add(slot.entry.id)
-        metrics.SESSION_UP.labels(slot.entry.id).set(1)
-        metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(1 if vnet else 0)
-        log.info(
-            "CPE %s: session up from %s (worker %d, %s)",
-            slot.entry.id,
-            pending.peer,
-            handle.index,
-            "offload" if vnet else "per-packet",
-        )
+        self._session_up(handle, slot, slot.generation, vnet, pending.peer, "")
 
     @staticmethod
     def _reject(conn: socket.socket, reason: str) -> None:
