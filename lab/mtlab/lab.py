@@ -257,7 +257,10 @@ class Lab:
                 ):
                     raise LabError(f"{name}: {key}={value} out of range")
                 setattr(p, key, float(value))
-        self._shape(name)
+        if rate_mbit is None and delay_ms is None and queue_ms is None:
+            self._apply_loss(name)  # loss alone: leave the rate and delay stages undisturbed
+        else:
+            self._shape(name)
         self._save()
         return p
 
