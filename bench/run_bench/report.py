@@ -176,14 +176,16 @@ def markdown(out_dir: Path) -> str:
                 )
         elif scenario == "latency":
             lines += [
-                "| contender | condition | p50 ms | p99 ms | min ms | bulk Mbit/s |",
-                "|---|---|---:|---:|---:|---:|",
+                "| contender | condition | p50 ms | p99 ms | p99 / idle p50 | min ms |"
+                " bulk Mbit/s | bulk / link sum |",
+                "|---|---|---:|---:|---:|---:|---:|---:|",
             ]
             for p in data["points"]:
                 lines.append(
                     f"| {p['contender']} | {p.get('condition')} | {_fmt(p.get('p50_ms'))} |"
-                    f" {_fmt(p.get('p99_ms'))} | {_fmt(p.get('min_ms'))} |"
-                    f" {_fmt(p.get('mean_mbps'))} |"
+                    f" {_fmt(p.get('p99_ms'))} | {_fmt(p.get('p99_to_idle'), 2)} |"
+                    f" {_fmt(p.get('min_ms'))} | {_fmt(p.get('mean_mbps'))} |"
+                    f" {_fmt(p.get('to_link_sum'), 3)} |"
                 )
         elif scenario == "fleet_scale":
             lines += _fleet_table(data)
@@ -314,7 +316,7 @@ def plots(out_dir: Path) -> list[Path]:
         made.append(_save(fig, out_dir / "many_flows.png", plt))
     lat = load(out_dir, "latency")
     if lat:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(lat["points"])), 4.5))
         labels = [f"{p['contender']}\n{p.get('condition')}" for p in lat["points"]]
         p50 = [p.get("p50_ms") or 0 for p in lat["points"]]
         p99 = [p.get("p99_ms") or 0 for p in lat["points"]]
@@ -322,9 +324,9 @@ def plots(out_dir: Path) -> list[Path]:
         ax.bar([x - 0.2 for x in pos], p50, 0.4, label="p50")
         ax.bar([x + 0.2 for x in pos], p99, 0.4, label="p99")
         ax.set_xticks(pos)
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=6, rotation=90)
         ax.set_ylabel("RTT client -> server (ms)")
-        ax.set_title("Latency, idle and during a bulk download")
+        ax.set_title("Latency, idle and under 1 and 8 bulk flows (down/up, cubic/BBR)")
         ax.legend()
         made.append(_save(fig, out_dir / "latency.png", plt))
     return made

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mptcp_tunnel.aqm import AqmSettings
 from mptcp_tunnel.linkstate import FailoverSettings
 from mptcp_tunnel.overflow import OverflowSettings
 
@@ -46,6 +47,7 @@ class TunnelSettings:
     workers: int = 0  # BGW worker processes; 0 = one per core
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
+    aqm: AqmSettings | None = field(default_factory=AqmSettings)  # None = byte bound only
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,12 @@ class _Section:
             raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
         return float(value)
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(name)}: expected true or false, got {_kind(value)}")
+        return value
+
     def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.get(name, default, required=required)
         if not isinstance(value, str):
@@ -276,11 +284,24 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         workers=sec.integer("workers", 0, 0, 256),
         gro_interfaces=_interface_list(sec, "gro_interfaces"),
         encryption=sec.choice("encryption", "tls", ("tls", "none")),  # type: ignore[arg-type]
+        aqm=_aqm(sec),
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:
         raise ConfigError(f"{sec.key('max_frame_bytes')}: {t.max_frame_bytes} is below mtu {t.mtu}")
     return t
+
+
+def _aqm(sec: _Section) -> AqmSettings | None:
+    kind = sec.choice("aqm", "codel", ("codel", "none"))
+    target = sec.number("aqm_target_ms", 5.0, 0.5, 1000.0)
+    interval = sec.number("aqm_interval_ms", 100.0, 1.0, 10000.0)
+    ecn = sec.boolean("ecn", True)
+    if kind == "none":
+        return None
+    if target >= interval:
+        raise ConfigError(f"{sec.key('aqm_target_ms')}: {target:g} is not below aqm_interval_ms {interval:g}")
+    return AqmSettings(target_s=target / 1000, interval_s=interval / 1000, ecn=ecn)
 
 
 def _links(sec: _Section) -> tuple[Link, ...]:

@@ -23,12 +23,15 @@ header of 21 536 bytes); the session ends with ``stream_stalled``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 
+from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
@@ -44,6 +47,8 @@ DEAD_AFTER_KEEPALIVES = 3
 MAX_BATCH_PACKETS = 64
 RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (MPTCP sockets answer it too)
+_INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
 ZERO_VNET = bytes(VNET_HDR_LEN)
 
@@ -62,7 +67,9 @@ ZERO_VNET = bytes(VNET_HDR_LEN)
     TUN_WRITES,
     TUN_WRITE_BYTES,
     STALE_GSO_DROPS,
-) = range(13)
+    AQM_DROPS,
+    AQM_MARKS,
+) = range(15)
 STAT_NAMES = (
     "tx_packets",
     "tx_bytes",
@@ -77,6 +84,8 @@ STAT_NAMES = (
     "tun_writes",
     "tun_write_bytes",
     "stale_gso_drops",
+    "aqm_drops",
+    "aqm_marks",
 )
 
 
@@ -143,6 +152,9 @@ class Session:
         self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
         self._bounded = tunnel.queue_bytes > 0
+        # CoDel on the unsent data's sojourn time; the byte bound stays as the hard limit
+        self._aqm = CoDel(tunnel.aqm) if self._bounded and tunnel.aqm is not None else None
+        self._clock = SojournClock()
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
@@ -250,8 +262,28 @@ class Session:
             if batch.add(len(seg), monotonic()) or off > limit:
                 break
         if segments:
-            self._send_segments(segments, lengths)
+            if self._aqm is not None:
+                self._manage_queue(segments, lengths)
+            if segments:
+                self._send_segments(segments, lengths)
             batch.flushed()
+
+    def _manage_queue(self, segments: list[memoryview], lengths: list[int]) -> None:
+        """CoDel: when the queue's head has waited too long, mark (ECN CE) or drop one packet."""
+        aqm = self._aqm
+        assert aqm is not None
+        try:
+            unsent = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        now = time.monotonic()
+        if not aqm.decide(now, self._clock.sojourn(now, unsent), unsent + len(self._tx_tail)):
+            return
+        if aqm.settings.ecn and mark_ce(segments[0], self.stream_hdr):
+            self.stats[AQM_MARKS] += 1
+            return
+        del segments[0], lengths[0]
+        self.stats[AQM_DROPS] += 1
 
     def _drop_from_tun(self) -> None:
         """The socket still owes part of a packet: what arrives now is dropped (a full router queue)."""
@@ -307,12 +339,14 @@ class Session:
         if self.tls is not None:
             return self._send_tls(segments)
         try:
-            return self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
+            sent = self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return 0
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
+        self._clock.wrote(sent, time.monotonic())
+        return sent
 
     def _send_tls(self, segments: list[memoryview]) -> int:
         """All of a batch goes into TLS at once; ciphertext the socket does not take waits in _tx_tail
@@ -340,6 +374,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
+        self._clock.wrote(sent, time.monotonic())
         if sent < len(data):
             self._tx_tail = data[sent:]
             self.loop.modify(self.sock_fd, IN | OUT)
@@ -353,6 +388,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
+        self._clock.wrote(n, time.monotonic())
         self._tx_tail = tail[n:]
         if not self._tx_tail:
             self.loop.modify(self.sock_fd, IN)
