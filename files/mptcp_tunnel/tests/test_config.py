@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -270,3 +271,13 @@ def test_aqm_defaults_to_codel_with_ecn_and_can_be_switched_off() -> None:
     assert cfg.tunnel.aqm is not None and cfg.tunnel.aqm.ecn
     assert (cfg.tunnel.aqm.target_s, cfg.tunnel.aqm.interval_s) == (0.005, 0.1)
     assert parse_config(mutate("cpe.yaml", "tunnel.aqm", "none"), "cpe.yaml").tunnel.aqm is None
+
+
+@pytest.mark.parametrize("aqm", ["codel", "none"])
+def test_tunnel_settings_survive_the_trip_to_a_worker(aqm: str) -> None:
+    from mptcp_tunnel.config import tunnel_from_wire, tunnel_to_wire
+
+    doc = mutate("bgw.yaml", "tunnel.aqm", aqm)
+    doc["tunnel"]["gro_interfaces"] = ["lan0"]
+    t = parse_config(doc, "bgw.yaml").tunnel
+    assert tunnel_from_wire(json.loads(json.dumps(tunnel_to_wire(t)))) == t

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,22 @@ class TunnelSettings:
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
     aqm: AqmSettings | None = field(default_factory=AqmSettings)  # None = byte bound only
+
+
+def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
+    """TunnelSettings as JSON-able values (the control process sends them to its workers)."""
+    return asdict(t)
+
+
+def tunnel_from_wire(d: dict[str, Any]) -> TunnelSettings:
+    aqm = d.get("aqm")
+    return TunnelSettings(
+        **{
+            **d,
+            "gro_interfaces": tuple(d.get("gro_interfaces", ())),
+            "aqm": AqmSettings(**aqm) if aqm else None,
+        }
+    )
 
 
 @dataclass(frozen=True)
