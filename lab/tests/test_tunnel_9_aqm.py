@@ -36,8 +36,8 @@ def ce_counter(tunnel: Lab) -> Iterator[Lab]:
     """Counts CE-marked packets arriving at the client; the client's TCP asks for ECN only here."""
     lab = tunnel
     rules = (
-        f"table inet {CE_TABLE} {{ chain input {{ type filter hook input priority 0; policy accept;"
-        " ip ecn ce counter; } }\n"
+        f"table inet {CE_TABLE} {{\n chain input {{\n"
+        "  type filter hook input priority 0; policy accept;\n  ip ecn ce counter\n }\n}\n"
     )
     lab.exec("client", ["nft", "-f", "-"], input=rules)
     try:

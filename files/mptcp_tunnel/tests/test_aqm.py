@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from packets import ipv4, ipv6
 
-from mptcp_tunnel.aqm import AqmSettings, CoDel, SojournClock, ecn_capable, mark_ce
+from mptcp_tunnel.aqm import (
+    AqmSettings,
+    CoDel,
+    SendBufferSizer,
+    SojournClock,
+    ecn_capable,
+    mark_ce,
+)
 
 SETTINGS = AqmSettings(target_s=0.005, interval_s=0.100)
 
@@ -28,20 +35,31 @@ def _with_checksum(packet: bytes) -> bytearray:
     return p
 
 
-def test_sojourn_is_the_age_of_the_oldest_unsent_byte() -> None:
+def test_sojourn_is_the_age_of_the_oldest_outstanding_byte_less_the_round_trip() -> None:
     clock = SojournClock()
     clock.wrote(1000, 0.0)
     clock.wrote(1000, 0.010)
-    assert clock.sojourn(0.020, unsent=1500) == 0.020  # bytes 500.. of the first write still wait
-    assert math.isclose(clock.sojourn(0.030, unsent=900), 0.020)  # the first write is gone
-    assert clock.sojourn(0.040, unsent=0) == 0.0
-    assert clock.sojourn(0.050, unsent=0) == 0.0  # nothing left to remember
+    assert clock.sojourn(0.020, outstanding=1500) == 0.020  # bytes 500.. of the first write wait
+    assert math.isclose(clock.sojourn(0.030, outstanding=900), 0.020)  # the first write is acked
+    assert math.isclose(clock.sojourn(0.030, outstanding=900, path_s=0.015), 0.005)
+    assert clock.sojourn(0.030, outstanding=900, path_s=0.050) == 0.0  # never negative
+    assert clock.sojourn(0.040, outstanding=0) == 0.0
+    assert clock.sojourn(0.050, outstanding=0) == 0.0  # nothing left to remember
 
 
-def test_sojourn_clamps_an_unsent_count_larger_than_what_was_written() -> None:
+def test_sojourn_clamps_an_outstanding_count_larger_than_what_was_written() -> None:
     clock = SojournClock()
     clock.wrote(100, 1.0)
-    assert clock.sojourn(1.5, unsent=10_000) == 0.5  # e.g. a handshake's bytes counted by the kernel
+    assert clock.sojourn(1.5, outstanding=10_000) == 0.5  # e.g. a handshake's bytes counted too
+
+
+def test_send_buffer_follows_the_largest_window_and_ignores_small_changes() -> None:
+    sizer = SendBufferSizer(headroom=0.6, floor=65536)
+    assert sizer.update([]) is None
+    assert sizer.update([100_000, 400_000]) == 240_000
+    assert sizer.update([100_000, 420_000]) is None  # within 1/8: no syscall
+    assert sizer.update([100_000, 1_000_000]) == 600_000
+    assert sizer.update([10_000]) == 65536  # never below the floor
 
 
 def test_codel_lets_a_short_burst_pass() -> None:

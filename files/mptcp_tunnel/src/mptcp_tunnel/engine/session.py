@@ -31,12 +31,12 @@ import struct
 import time
 from collections.abc import Callable
 
-from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
+from mptcp_tunnel.aqm import CoDel, SendBufferSizer, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, subflow_windows
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tls import TlsChannel, TlsError
 from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
@@ -47,9 +47,10 @@ DEAD_AFTER_KEEPALIVES = 3
 MAX_BATCH_PACKETS = 64
 RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (MPTCP sockets answer it too)
+SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
 _INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
+SIZE_AFTER_BYTES = 65536  # an idle session's send buffer is left alone (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 
 # Counter slots of a session (Session.stats); the worker reports their deltas.
@@ -152,9 +153,12 @@ class Session:
         self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
         self._bounded = tunnel.queue_bytes > 0
-        # CoDel on the unsent data's sojourn time; the byte bound stays as the hard limit
+        # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
         self._aqm = CoDel(tunnel.aqm) if self._bounded and tunnel.aqm is not None else None
         self._clock = SojournClock()
+        self._sizer = SendBufferSizer() if tunnel.subflow_sndbuf == "auto" else None
+        self._sized_at = 0  # bytes written when the send buffer was last looked at
+        self._path_s = 0.0  # the slowest subflow's smoothed RTT, refreshed with the send buffer
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
@@ -202,6 +206,8 @@ class Session:
             return
         if now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
+        if self._clock.written - self._sized_at > SIZE_AFTER_BYTES:
+            self._size_send_buffer()
         if check_info and not self.ended:
             try:
                 subflows = mptcp_info(self.sock).subflows
@@ -212,6 +218,21 @@ class Session:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
                 pass
+
+    def _size_send_buffer(self) -> None:
+        """Give the subflows their windows' worth of buffer (not the megabytes autotuning would):
+        the backlog then waits in the connection's queue, bounded in bytes, and CoDel sees how long
+        data waits in all of them. Also refreshes the paths' RTT that the sojourn time excludes."""
+        self._sized_at = self._clock.written
+        try:
+            windows = subflow_windows(self.sock)
+            if windows:
+                self._path_s = max(rtt for _, rtt in windows) / 1e6
+            value = self._sizer.update([w for w, _ in windows]) if self._sizer is not None else None
+            if value is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, value)
+        except OSError:
+            pass
 
     # --- PtoS: TUN -> stream -----------------------------------------------------------------------
     def _on_tun(self, _events: int) -> None:
@@ -272,12 +293,15 @@ class Session:
         """CoDel: when the queue's head has waited too long, mark (ECN CE) or drop one packet."""
         aqm = self._aqm
         assert aqm is not None
+        if not self._path_s:  # the paths' RTT is not known yet (the first second of traffic)
+            return
         try:
-            unsent = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
+            outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
         except OSError:
             return
         now = time.monotonic()
-        if not aqm.decide(now, self._clock.sojourn(now, unsent), unsent + len(self._tx_tail)):
+        sojourn = self._clock.sojourn(now, outstanding, self._path_s)
+        if not aqm.decide(now, sojourn, outstanding + len(self._tx_tail)):
             return
         if aqm.settings.ecn and mark_ce(segments[0], self.stream_hdr):
             self.stats[AQM_MARKS] += 1
