@@ -161,16 +161,18 @@ def markdown(out_dir: Path) -> str:
             lines += _sweep_table(data)
         elif scenario == "many_flows":
             lines += [
-                "| flows | contender | Mbit/s (mean ± sd) | Jain | UDP 1 Mbit/s loss % |"
-                " UDP jitter ms |",
-                "|---:|---|---:|---:|---:|---:|",
+                "| flows | contender | end hosts | Mbit/s (mean ± sd) | / link sum | Jain |"
+                " UDP 1 Mbit/s loss % | UDP jitter ms |",
+                "|---:|---|---|---:|---:|---:|---:|---:|",
             ]
             for p in data["points"]:
                 udp = [u for u in p.get("udp", []) if "lost_pct" in u]
                 jains = [j for j in p.get("jain", []) if j is not None]
                 lines.append(
-                    f"| {p['x']:g} | {p['contender']} | {_fmt(p['mean_mbps'])} ±"
-                    f" {_fmt(p['std_mbps'])} | {_fmt(min(jains) if jains else None, 3)} |"
+                    f"| {p['x']:g} | {p['contender']} | {p.get('cc', '–')} |"
+                    f" {_fmt(p['mean_mbps'])} ±"
+                    f" {_fmt(p['std_mbps'])} | {_fmt(p.get('to_link_sum'), 3)} |"
+                    f" {_fmt(min(jains) if jains else None, 3)} |"
                     f" {_fmt(max((u['lost_pct'] for u in udp), default=None))} |"
                     f" {_fmt(max((u['jitter_ms'] for u in udp), default=None))} |"
                 )
@@ -299,13 +301,15 @@ def plots(out_dir: Path) -> list[Path]:
     flows = load(out_dir, "many_flows")
     if flows:
         fig, ax = plt.subplots(figsize=(7, 4))
-        contenders = _contenders(flows["points"])
+        for p in flows["points"]:  # one bar per contender and end-host congestion control
+            p["series"] = f"{p['contender']} {p.get('cc', '')}".strip()
+        contenders = list(dict.fromkeys(p["series"] for p in flows["points"]))
         xs = sorted({p["x"] for p in flows["points"]})
         width = 0.8 / max(len(contenders), 1)
         for i, c in enumerate(contenders):
             vals = []
             for x in xs:
-                p = next((q for q in flows["points"] if q["x"] == x and q["contender"] == c), None)
+                p = next((q for q in flows["points"] if q["x"] == x and q["series"] == c), None)
                 vals.append((p or {}).get("mean_mbps") or 0.0)
             ax.bar([j + i * width for j in range(len(xs))], vals, width, label=c)
         ax.set_xticks([j + width * (len(contenders) - 1) / 2 for j in range(len(xs))])

@@ -54,6 +54,7 @@ class Settings:
     flows: list[int] = field(default_factory=lambda: [1, 8, 64])
     flows_contenders: list[str] = field(default_factory=lambda: ["mptcp-tunnel", "hya-2:1"])
     flows_seconds: int = 20
+    flows_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
     udp_mbit: float = 1.0
     ceiling_seconds: int = 10
     latency_pings: int = 200
@@ -105,7 +106,7 @@ class Settings:
             "fig8_aggregation": 3 * r,
             "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
-            "many_flows": len(self.flows) * len(self.flows_contenders) * r,
+            "many_flows": len(self.flows) * len(self.flows_contenders) * len(self.flows_ccs) * r,
             "datapath_ceiling": 4 * r,
             "latency": len(self.latency_contenders)
             * (1 + 4 * len(self.latency_flows) * len(self.latency_ccs)),
@@ -373,53 +374,65 @@ def many_flows(
     progress: Progress,
     save: Callable[[ScenarioResult], None],
 ) -> ScenarioResult:
-    """1, 8, 64 parallel TCP downloads, each with a 1 Mbit/s UDP flow alongside."""
+    """1, 8, 64 parallel TCP downloads with cubic and with BBR end hosts, each with a 1 Mbit/s UDP
+    flow alongside; throughput against the two links' goodputs measured alone in this run."""
     res = ScenarioResult("many_flows", asdict(s))
     reset_links(lab)
     check = _validate(lab, res, "default links", progress)
     res.links = _links_record(lab, check)
-    for n in s.flows:
-        for contender in s.flows_contenders:
-            runs: list[IperfResult] = []
-            udp: list[dict[str, Any]] = []
-            for rep in range(s.reps):
-                udp_box: dict[str, Any] = {}
-                thread = threading.Thread(
-                    target=_udp_alongside,
-                    args=(lab, s.flows_seconds + 2, s.udp_mbit, udp_box),
-                )
-                try:
-                    agents.ensure(path_of(contender).agents)
-                except LabError as exc:
-                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
-                    continue
-                thread.start()
-                try:
-                    r = bulk(
-                        lab, agents, contender, s.flows_seconds, omit=2, parallel=n, cc=s.inner_cc
-                    )
-                except LabError as exc:
-                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
-                    continue
-                finally:
-                    thread.join(s.flows_seconds + 60)
-                runs.append(r)
-                udp.append(udp_box)
-                progress.step(
-                    f"flows={n} {contender} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s,"
-                    f" jain {jain(stream_mbps(r))}, udp loss {udp_box.get('lost_pct')} %"
-                )
-            res.add_point(
-                contender,
-                [r.mbps for r in runs],
-                x_name="tcp_flows",
-                x=n,
-                jain=[jain(stream_mbps(r)) for r in runs],
-                streams_mbps=[stream_mbps(r) for r in runs],
-                udp=udp,
+    link_sum = _link_sum(lab, agents, s)
+    res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
+    for n, contender, cc in itertools.product(s.flows, s.flows_contenders, s.flows_ccs):
+        runs: list[IperfResult] = []
+        udp: list[dict[str, Any]] = []
+        label = f"flows={n} {contender} {cc}"
+        for rep in range(s.reps):
+            udp_box: dict[str, Any] = {}
+            thread = threading.Thread(
+                target=_udp_alongside,
+                args=(lab, s.flows_seconds + 2, s.udp_mbit, udp_box),
             )
-            save(res)
+            try:
+                agents.ensure(path_of(contender).agents)
+            except LabError as exc:
+                progress.step(f"{label} rep {rep + 1}: FAILED ({exc})")
+                continue
+            thread.start()
+            try:
+                r = bulk(lab, agents, contender, s.flows_seconds, omit=2, parallel=n, cc=cc)
+            except LabError as exc:
+                progress.step(f"{label} rep {rep + 1}: FAILED ({exc})")
+                continue
+            finally:
+                thread.join(s.flows_seconds + 60)
+            runs.append(r)
+            udp.append(udp_box)
+            progress.step(
+                f"{label} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s,"
+                f" jain {jain(stream_mbps(r))}, udp loss {udp_box.get('lost_pct')} %"
+            )
+        mbps = [r.mbps for r in runs]
+        res.add_point(
+            contender,
+            mbps,
+            x_name="tcp_flows",
+            x=n,
+            cc=cc,
+            to_link_sum=round(sum(mbps) / len(mbps) / link_sum, 3) if mbps and link_sum else None,
+            jain=[jain(stream_mbps(r)) for r in runs],
+            streams_mbps=[stream_mbps(r) for r in runs],
+            udp=udp,
+        )
+        save(res)
     return res
+
+
+def _link_sum(lab: Lab, agents: Agents, s: Settings) -> float:
+    """fixed-only + cellular-only goodput (8 s each after 2 s): the reference for aggregation."""
+    return sum(
+        bulk(lab, agents, alone, 8, omit=2, cc=s.inner_cc).mbps
+        for alone in ("fixed-only", "cellular-only")
+    )
 
 
 def _udp_alongside(lab: Lab, seconds: int, mbit: float, box: dict[str, Any]) -> None:
@@ -541,10 +554,7 @@ def latency(
     res.notes.append(
         "fixed-only here = plain IPv4 routing client <-> server over the fixed link, no agents"
     )
-    link_sum = 0.0
-    for alone in ("fixed-only", "cellular-only"):
-        r = bulk(lab, agents, alone, 8, omit=2, cc=s.inner_cc)
-        link_sum += r.mbps
+    link_sum = _link_sum(lab, agents, s)
     res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
     for contender in s.latency_contenders:
         direct = contender == "fixed-only"
