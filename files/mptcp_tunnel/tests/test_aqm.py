@@ -117,3 +117,15 @@ def test_ipv4_checksum_stays_valid_for_any_header(dscp: int, ect: int, payload: 
     assert mark_ce(p)
     assert p[1] == dscp << 2 | 3
     assert _checksum(bytes(p[:20])) == 0
+
+
+def test_a_stalled_path_is_not_a_queue() -> None:
+    codel = CoDel(SETTINGS)
+    for t in range(0, 400):
+        codel.decide(t / 1000, 0.030, 100_000)
+    assert codel.dropping and codel.count > 1
+    # a blackholed subflow: the oldest byte waits for reinjection, seconds old
+    assert not any(codel.decide(0.4 + t / 1000, 1.5 + t / 1000, 100_000) for t in range(0, 500))
+    assert not codel.dropping and codel.count == 0
+    # moving again with a real queue: a fresh start (a whole interval before the first signal)
+    assert not any(codel.decide(1.0 + t / 1000, 0.030, 100_000) for t in range(0, 99))

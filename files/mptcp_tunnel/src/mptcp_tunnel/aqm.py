@@ -29,6 +29,10 @@ from collections import deque
 from dataclasses import dataclass
 
 MTU_BYTES = 1500  # below one packet of backlog there is no queue to manage (RFC 8289, 4.2)
+# Data that old waits for a path that stopped (a blackholed subflow's data awaiting reinjection),
+# not in a queue: dropping inner packets cannot drain it, and a CoDel that had kept dropping would
+# go on starving the flows on the surviving link after the failover.
+STALLED_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,11 @@ class CoDel:
         return now >= self._first_above
 
     def decide(self, now: float, sojourn: float, backlog: int) -> bool:
+        if sojourn >= STALLED_S:  # a stalled path, not a queue: start afresh once it moves again
+            self.dropping = False
+            self.count = self._last_count = 0
+            self._first_above = 0.0
+            return False
         ok = self._ok_to_drop(now, sojourn, backlog)
         if self.dropping:
             if not ok:
