@@ -184,7 +184,7 @@ class CapTracker:
                 format_bytes(st.limit_bytes, 0),
                 st.period_start.strftime("%Y-%m-%d %H:%M %Z"),
                 st.period_end.strftime("%Y-%m-%d %H:%M %Z"),
-                ": spent, the link carries traffic only while no other link is up" if st.spent else "",
+                ": spent, the link carries traffic only while the others are down" if st.spent else "",
             )
         self._log(events)
         self._publish()
