@@ -443,3 +443,48 @@ def test_two_cellular_links_each_with_its_own_cap() -> None:
     cpe = parse_config(doc, "/etc/cpe.yaml").cpe
     assert cpe is not None
     assert [lk.cap.limit_bytes if lk.cap else None for lk in cpe.links] == [None, 20 * GB, 5 * GB]
+
+
+# ---------------------------------------------------------------------------------------- status
+def test_status_shows_the_cap() -> None:
+    from mptcp_tunnel import status
+
+    doc = example("cpe.yaml")
+    doc["cpe"]["links"][1]["cap"] = {"bytes": "4MB", "period": "daily"}
+    cpe = parse_config(doc, "/etc/cpe.yaml").cpe
+    assert cpe is not None
+    m = CapMeter("cellular", cpe.links[1].cap, at(2026, 11, 25, 12))  # type: ignore[arg-type]
+    m.sample(at(2026, 11, 25, 12), {"c": 0})
+    m.sample(at(2026, 11, 25, 12), {"c": 4_200_000})
+    snap = status.cpe_snapshot(
+        cpe_id="cpe1",
+        policy="aggregate",
+        session_up=True,
+        session_via="fixed",
+        links=cpe.links,
+        link_up={"fixed": True, "cellular": True},
+        link_reason={},
+        backup={"fixed": False, "cellular": True},
+        subflows=[],
+        tunnel_bytes={"tx": 0, "rx": 0},
+        caps=[m.status().as_dict()],
+    )
+    snap = json.loads(json.dumps(snap))  # what `status --json` prints
+    assert snap["caps"] == [
+        {
+            "link": "cellular",
+            "limit_bytes": 4_000_000,
+            "used_bytes": 4_200_000,
+            "remaining_bytes": 0,
+            "period_start": "2026-11-25T00:00:00+00:00",
+            "period_end": "2026-11-26T00:00:00+00:00",
+            "spent": True,
+        }
+    ]
+    text = status.render(snap)
+    head, row = text.splitlines()[-2:]
+    assert head.split() == ["cap", "used", "limit", "used", "%", "remaining", "period", "spent"]
+    assert row.split() == [
+        "cellular", "4.2", "MB", "4", "MB", "105", "%", "0", "B",
+        "2026-11-25", "00:00", "..", "2026-11-26", "00:00", "SPENT", "(backup", "only)",
+    ]  # fmt: skip
