@@ -264,7 +264,8 @@ class CapTracker:
             self._ipr = None
 
     def statuses(self) -> list[CapStatus]:
-        return [m.status() for m in self.meters.values()]
+        """For ``status`` (the control thread): a copy of the meters first, a reload may change them."""
+        return [m.status() for m in list(self.meters.values())]
 
     def _publish(self) -> None:
         for name, meter in self.meters.items():
