@@ -488,3 +488,23 @@ def test_status_shows_the_cap() -> None:
         "cellular", "4.2", "MB", "4", "MB", "105", "%", "0", "B",
         "2026-11-25", "00:00", "..", "2026-11-26", "00:00", "SPENT", "(backup", "only)",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["aggregate", "backup", "overflow"])
+def test_a_spent_cap_makes_cellular_backup_under_every_policy(policy: str) -> None:
+    from mptcp_tunnel.netsetup import FLAG_BACKUP, endpoint_flags
+
+    doc = example("cpe.yaml")
+    doc["cpe"]["policy"] = policy
+    doc["cpe"]["links"][1]["cap"] = {"bytes": "1GB"}
+    cfg = parse_config(doc, "/etc/cpe.yaml")
+    assert cfg.cpe is not None
+    fixed, cell = cfg.cpe.links
+    for overflowing in (False, True):
+        spent = {"cellular"}
+        assert endpoint_flags(cfg, cell, overflowing, frozenset(spent)) & FLAG_BACKUP
+        assert not endpoint_flags(cfg, fixed, overflowing, frozenset(spent)) & FLAG_BACKUP
+    # not spent: the policy decides as before
+    normal = bool(endpoint_flags(cfg, cell, False, frozenset()) & FLAG_BACKUP)
+    assert normal == (policy != "aggregate")
+    assert bool(endpoint_flags(cfg, cell, True, frozenset()) & FLAG_BACKUP) == (policy == "backup")
