@@ -508,3 +508,14 @@ def test_a_spent_cap_makes_cellular_backup_under_every_policy(policy: str) -> No
     normal = bool(endpoint_flags(cfg, cell, False, frozenset()) & FLAG_BACKUP)
     assert normal == (policy != "aggregate")
     assert bool(endpoint_flags(cfg, cell, True, frozenset()) & FLAG_BACKUP) == (policy == "backup")
+
+
+def test_tracker_without_the_interface_samples_nothing(tmp_path: Path) -> None:
+    cpe = _cpe_with_cap(tmp_path, {"bytes": "1GB", "period": "daily"})
+    link = cpe.links[1]
+    gone = type(link)(**{**link.__dict__, "interface": "nosuch0"})
+    cpe = type(cpe)(**{**cpe.__dict__, "links": (cpe.links[0], gone)})
+    tracker = capio.CapTracker(cpe)
+    assert tracker._counters(gone) == {}
+    assert tracker.tick() == [] and tracker.meters["cellular"].used == 0
+    tracker.close()

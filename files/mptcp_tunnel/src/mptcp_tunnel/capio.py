@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from mptcp_tunnel import metrics
 from mptcp_tunnel.cap import (
@@ -203,7 +204,9 @@ class CapTracker:
             if self._ipr is None:
                 self._ipr = IPRoute()
             found = self._ipr.get_links(ifname=link.interface)
-        except Exception:  # no such interface (NetlinkError), or a broken socket: try again next tick
+        except NetlinkError:  # no such interface (a modem unplugged): no sample, the base is kept
+            return {}
+        except Exception:  # a broken socket: a new one next tick
             if self._ipr is not None:
                 with contextlib.suppress(Exception):
                     self._ipr.close()
