@@ -20,6 +20,7 @@ ORDER = (
     "latency",
     "failover",
     "overflow",
+    "cap",
     "datapath_ceiling",
     "fleet_scale",
     "fairness",

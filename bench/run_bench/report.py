@@ -205,6 +205,18 @@ def markdown(out_dir: Path) -> str:
                     f" {p['cellular_bytes'] / 1e6:.2f} | {p['cellular_share']:.1%} |"
                     f" {'; '.join(p.get('policy_events', [])) or '-'} |"
                 )
+        elif scenario == "cap":
+            lines += [
+                "| phase | tunnel Mbit/s | fixed MB | cellular MB | cellular share |"
+                " cap used MB | spent |",
+                "|---|---:|---:|---:|---:|---:|---|",
+            ]
+            for p in data["points"]:
+                lines.append(
+                    f"| {p.get('phase')} | {_fmt(p['mean_mbps'])} | {p['fixed_bytes'] / 1e6:.2f} |"
+                    f" {p['cellular_bytes'] / 1e6:.2f} | {p['cellular_share']:.1%} |"
+                    f" {p['cap_used_bytes'] / 1e6:.2f} | {'yes' if p['cap_spent'] else 'no'} |"
+                )
         elif scenario == "failover":
             lines += [
                 "| policy | failure | direction | recover s (runs) | failback s (runs) |"

@@ -28,6 +28,7 @@ SCENARIOS = (
     "lockout",
     "failover",
     "overflow",
+    "cap",
 )
 # Scenarios that build their own namespaces (or need none) instead of using the netns lab.
 STANDALONE = ("fleet_scale", "fairness", "fuzz", "tls_handshakes", "lockout")

@@ -12,6 +12,8 @@ from mtlab import Lab, LabError
 from mtlab.measure import IperfResult, iperf3, ping_rtts
 
 from run_bench import linkctl
+from run_bench.cap_bench import PHASES as CAP_PHASES
+from run_bench.cap_bench import cap
 from run_bench.contenders import (
     SERVER,
     Agents,
@@ -117,6 +119,7 @@ class Settings:
             "lockout": 1,
             "failover": 8 * r,
             "overflow": 4,
+            "cap": len(CAP_PHASES),
         }[scenario]
 
 
@@ -679,6 +682,7 @@ RUNNERS: dict[str, Runner] = {
     "datapath_ceiling": datapath_ceiling,
     "failover": failover,
     "overflow": overflow,
+    "cap": cap,
 }
 
 

@@ -325,6 +325,62 @@ def test_endpoint_flag_change_by_reload_keeps_the_connection(pair: Pair) -> None
     assert cpe.stop() == 0 and bgw.stop() == 0
 
 
+def test_a_spent_cap_sets_the_backup_flag_and_survives_a_restart(pair: Pair) -> None:
+    """A 3 kB daily cap on cellular: the subflow join and the probes spend it in seconds."""
+    spent = 'mptcp_tunnel_cap_spent{link="cellular"}'
+    bgw = pair.start("bgw", pair.config("bgw"))
+    bgw.wait_log("BGW listening")
+    links = yaml.safe_load((EXAMPLES / "cpe.yaml").read_text())["cpe"]["links"]
+    links[1]["cap"] = {"bytes": "3kB", "period": "daily"}
+    state = pair.tmp / "state"
+    sock = str(pair.tmp / "cpe.sock")
+    config = pair.config("cpe", cpe__links=links, cpe__state_dir=str(state), control_socket=sock)
+    cpe = pair.start("cpe", config)
+    cpe.wait_log("session up")
+    cpe.wait_log("cellular cap spent: ", timeout=30)
+    cpe.wait_log("set mptcp endpoint 10.2.0.1 flags subflow,backup")
+    m = pair.metrics(pair.cpe)
+    assert m[spent] == 1 and m['mptcp_tunnel_cap_limit_bytes{link="cellular"}'] == 3000
+    assert m['mptcp_tunnel_cap_used_bytes{link="cellular"}'] >= 3000
+    status = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.cpe,
+            sys.executable,
+            "-m",
+            "mptcp_tunnel",
+            "status",
+            "--socket",
+            sock,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    snap = json.loads(status.stdout)
+    assert snap["caps"][0]["link"] == "cellular" and snap["caps"][0]["spent"] is True
+    assert [lk["backup"] for lk in snap["links"]] == [False, True]
+    assert cpe.stop() == 0
+    saved = json.loads((state / "cap-usage.json").read_text())
+    assert saved["links"]["cellular"]["spent"] is True
+    # A restart: spent from the start, the cellular endpoint never loses its backup flag.
+    again = pair.start("cpe", config)  # the same log file: wait for its second session
+    wait_for(lambda: again.log.read_text().count("session up") == 2, 20, "the second session")
+    text = again.log.read_text().split("cpe: stopped", 1)[1]
+    assert "spent, the link carries traffic only while the others are down" in text
+    endpoints = subprocess.run(
+        ["ip", "-n", pair.cpe, "mptcp", "endpoint", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    cell = next(line for line in endpoints.splitlines() if line.startswith("10.2.0.1 "))
+    assert "backup" in cell.split(), endpoints  # kept (or set) by the new agent: no flip back
+    assert "set mptcp endpoint 10.2.0.1 flags subflow\n" not in text
+    assert pair.metrics(pair.cpe)[spent] == 1
+    assert again.stop() == 0 and bgw.stop() == 0
+
+
 def subflow_sources(pair: Pair) -> list[str]:
     res = subprocess.run(
         ["ip", "netns", "exec", pair.cpe, "ss", "-tnH", "state", "established", "dst", "10.1.0.2:7440"],

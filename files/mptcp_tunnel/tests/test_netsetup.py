@@ -129,3 +129,24 @@ def test_gro_is_turned_on_for_the_listed_interfaces_once(netns: str, tmp_path: P
     res = in_ns(netns, "-m", "mptcp_tunnel", "setup-network", "--config", str(config), "--json")
     assert res.returncode == 1
     assert json.loads(res.stdout)["problems"] == ["GRO on nosuch0: No such device"]
+
+
+def test_setup_network_keeps_the_backup_flag_of_a_spent_cap(netns: str, tmp_path: Path) -> None:
+    from mptcp_tunnel.cap import CapMeter, CapSettings, file_state
+    from mptcp_tunnel.capio import now_utc, save_atomic
+
+    doc = yaml.safe_load((EXAMPLES / "cpe.yaml").read_text())
+    doc["cpe"]["links"][1]["cap"] = {"bytes": "1MB", "period": "daily"}
+    doc["cpe"]["state_dir"] = str(tmp_path / "state")
+    config = tmp_path / "cpe-cap.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    setup_network(netns, config)
+    assert endpoints(netns) == [("10.1.0.1", 2), ("10.2.0.1", 2)]  # no usage file: not spent
+    now = now_utc()
+    meter = CapMeter("cellular", CapSettings(10**6, "daily"), now)
+    meter.sample(now, {"x": 0})
+    meter.sample(now, {"x": 2 * 10**6})
+    save_atomic(tmp_path / "state" / "cap-usage.json", file_state({"cellular": meter}, now))
+    again = setup_network(netns, config)
+    assert again["changes"] == ["set mptcp endpoint 10.2.0.1 flags subflow,backup"]
+    assert endpoints(netns) == [("10.1.0.1", 2), ("10.2.0.1", 6)]

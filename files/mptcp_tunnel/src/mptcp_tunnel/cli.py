@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mptcp_tunnel import __version__, exitcodes, metrics, netsetup
+from mptcp_tunnel import __version__, capio, exitcodes, metrics, netsetup
 from mptcp_tunnel.config import AgentConfig, ConfigError, default_control_socket, load_config
 from mptcp_tunnel.mptcp import MptcpUnavailable
 from mptcp_tunnel.runtime import Runtime
@@ -110,7 +110,9 @@ def _host_problem(cfg: AgentConfig) -> str | None:
 
 def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
     try:
-        report = netsetup.apply(cfg, check=check)
+        # A link whose data cap the running agent found spent keeps its backup flag.
+        capped = capio.spent_links(cfg.cpe) if cfg.cpe is not None else frozenset()
+        report = netsetup.apply(cfg, check=check, capped=capped)
     except netsetup.NetworkSetupError as exc:
         print(f"mptcp-tunnel: {exc}", file=sys.stderr)
         return exitcodes.NO_MPTCP

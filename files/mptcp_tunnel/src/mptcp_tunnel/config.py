@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from mptcp_tunnel.aqm import AqmSettings
+from mptcp_tunnel.cap import CapSettings, parse_bytes, zone
 from mptcp_tunnel.linkstate import FailoverSettings
 from mptcp_tunnel.overflow import OverflowSettings
 
@@ -26,6 +27,7 @@ CPE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")  # "mt-" + id fits IFNAMSIZ
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
 MIN_SECRET_LEN = 16
+DEFAULT_STATE_DIR = "/var/lib/mptcp-tunnel"
 
 
 class ConfigError(Exception):
@@ -91,6 +93,7 @@ class Link:
     gateway: IPAddress | None
     table: int
     rate_mbit: float = 0.0  # declared capacity (the overflow policy needs it on fixed links); 0 = unknown
+    cap: CapSettings | None = None  # cellular links: data allowance per period
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class CpeSettings:
     bgw_name: str = ""  # the name the BGW's certificate must carry (encryption tls)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     overflow: OverflowSettings = field(default_factory=OverflowSettings)
+    state_dir: str = DEFAULT_STATE_DIR  # where the cap usage survives restarts
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,12 @@ def _links(sec: _Section) -> tuple[Link, ...]:
             gateway=gateway,
             table=ls.integer("table", 0, 1, 2**31 - 1),
             rate_mbit=ls.number("rate_mbit", 0.0, 0.0, 1_000_000.0),
+            cap=_cap(ls.section("cap")) if ls.get("cap") is not None else None,
         )
+        if link.cap is not None and link.kind != "cellular":
+            raise ConfigError(
+                f"{ls.key('cap')}: only cellular links take a data cap (this one is {link.kind})"
+            )
         if link.table in RESERVED_TABLES:
             raise ConfigError(f"{ls.key('table')}: {link.table} is a reserved routing table")
         if gateway is not None and gateway.version != link.address.version:
@@ -345,6 +354,32 @@ def _links(sec: _Section) -> tuple[Link, ...]:
         if dupes:
             raise ConfigError(f"{sec.key('links')}: duplicate {attr} {sorted(map(str, dupes))[0]}")
     return tuple(links)
+
+
+def _cap(sec: _Section) -> CapSettings:
+    raw = sec.get("bytes", required=True)
+    try:
+        limit = parse_bytes(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{sec.key('bytes')}: {exc}") from None
+    period = sec.choice("period", "monthly", ("monthly", "daily"))
+    if period == "daily" and sec.get("reset_day") is not None:
+        raise ConfigError(f"{sec.key('reset_day')}: only for period monthly (a daily period starts at 00:00)")
+    reset_day = sec.integer("reset_day", 1, 1, 28)
+    tz = sec.string("timezone", "UTC")
+    try:
+        zone(tz)
+    except ValueError as exc:
+        raise ConfigError(f"{sec.key('timezone')}: {exc}") from None
+    sec.finish()
+    return CapSettings(limit_bytes=limit, period=period, reset_day=reset_day, timezone=tz)  # type: ignore[arg-type]
+
+
+def _state_dir(sec: _Section) -> str:
+    value = sec.string("state_dir", DEFAULT_STATE_DIR)
+    if not value.startswith("/"):
+        raise ConfigError(f"{sec.key('state_dir')}: {value!r} must be an absolute path")
+    return value
 
 
 def _failover(sec: _Section) -> FailoverSettings:
@@ -413,6 +448,7 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
         bgw_name=_name(sec, "bgw_name", required=tls),
         failover=_failover(sec.section("failover")),
         overflow=_overflow(sec.section("overflow")),
+        state_dir=_state_dir(sec),
     )
     sec.finish()
     if cpe.policy == "overflow":

@@ -16,6 +16,7 @@ from typing import Any
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, status
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
+from mptcp_tunnel.capio import CapTracker
 from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, Link, load_for_reload
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
@@ -69,6 +70,7 @@ class CpeAgent:
         self.subflow_metrics = SubflowMetrics([link.name for link in cfg.cpe.links])
         self.tunnel_bytes = {"tx": 0, "rx": 0}
         self.overflow = self._overflow_policy(cfg)
+        self.caps = CapTracker(cfg.cpe)
         runtime.on_reload = self.reload
 
     @property
@@ -92,7 +94,11 @@ class CpeAgent:
     def _apply(self) -> None:
         """Routing and endpoints as configured, minus the endpoints of links found down."""
         self.problems = netsetup.apply_logged(
-            self.cfg, self.problems, down=self.monitor.excluded, overflowing=self.overflowing
+            self.cfg,
+            self.problems,
+            down=self.monitor.excluded,
+            overflowing=self.overflowing,
+            capped=self.caps.spent,
         )
 
     def _policy_tick(self) -> None:
@@ -105,6 +111,12 @@ class CpeAgent:
         metrics.POLICY_CELLULAR_ACTIVE.set(1 if decision.cellular_active else 0)
         metrics.POLICY_CHANGES.labels("join" if decision.cellular_active else "leave").inc()
         self._apply()  # flips the cellular endpoints' backup flag in place (MP_PRIO)
+
+    def _cap_tick(self) -> None:
+        before = self.caps.spent
+        self.caps.tick()
+        if self.caps.spent != before:
+            self._apply()  # the capped link's backup flag changes in place (MP_PRIO)
 
     def run(self) -> int:
         self.watch = LinkWatch(
@@ -140,6 +152,7 @@ class CpeAgent:
             os.close(tun_fd)
             self.loop.close()
             self.watch.close()
+            self.caps.close()
 
     def _loop(self, tun_fd: int) -> int:
         attempt = 0
@@ -234,6 +247,7 @@ class CpeAgent:
             # initial subflow was closed (the kernel keeps it listed in state close): count them here.
             metrics.SUBFLOWS.labels(self.cpe.id).set(sum(1 for sf in infos if sf.state == "established"))
         self._policy_tick()
+        self._cap_tick()
         self.rt.tick()
         self.reconcile(session)
 
@@ -248,8 +262,11 @@ class CpeAgent:
         return {str(link.address): link.name for link in self.cpe.links}
 
     def _backup(self) -> dict[str, bool]:
+        capped = self.caps.spent
         return {
-            link.name: bool(netsetup.endpoint_flags(self.cfg, link, self.overflowing) & netsetup.FLAG_BACKUP)
+            link.name: bool(
+                netsetup.endpoint_flags(self.cfg, link, self.overflowing, capped) & netsetup.FLAG_BACKUP
+            )
             for link in self.cpe.links
         }
 
@@ -274,6 +291,7 @@ class CpeAgent:
             subflows=subflows,
             tunnel_bytes=dict(self.tunnel_bytes),
             policy_state=self._policy_state(),
+            caps=[st.as_dict() for st in self.caps.statuses()],
         )
 
     def _policy_state(self) -> dict[str, Any]:
@@ -307,7 +325,7 @@ class CpeAgent:
                 if streak == 2:
                     log.info("no subflow on the %s link: asking the kernel for a new one", link.name)
                 try:
-                    netsetup.recreate_endpoint(self.cfg, link, self.overflowing)
+                    netsetup.recreate_endpoint(self.cfg, link, self.overflowing, self.caps.spent)
                 except (netsetup.NetworkSetupError, OSError) as exc:
                     log.warning("cannot re-create the %s endpoint: %s", link.name, exc)
 
@@ -384,6 +402,7 @@ class CpeAgent:
             log.info("policy changed: %s -> %s (the connection stays up)", self.cpe.policy, new.cpe.policy)
             self.overflow = self._overflow_policy(new)
         self.cfg = new
+        self.caps.reconfigure(new.cpe)
         self.backoff = Backoff(new.cpe.reconnect_initial_s, new.cpe.reconnect_max_s)
         self._apply()
         sync_routes(new.tunnel.tun_name, new.cpe.routes)

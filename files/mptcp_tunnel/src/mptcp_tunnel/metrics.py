@@ -168,6 +168,28 @@ POLICY_CHANGES = Counter(
     registry=REGISTRY,
 )
 
+CAP_USED = Gauge(
+    "mptcp_tunnel_cap_used_bytes",
+    "CPE: bytes the capped link carried in the current period (interface rx+tx, all overheads)",
+    ["link"],
+    registry=REGISTRY,
+)
+CAP_LIMIT = Gauge(
+    "mptcp_tunnel_cap_limit_bytes", "CPE: the link's data cap per period", ["link"], registry=REGISTRY
+)
+CAP_SPENT = Gauge(
+    "mptcp_tunnel_cap_spent",
+    "CPE: 1 while the link's cap is spent (backup flag: it carries traffic only while the others are down)",
+    ["link"],
+    registry=REGISTRY,
+)
+CAP_END = Gauge(
+    "mptcp_tunnel_cap_period_end_timestamp_seconds",
+    "CPE: when the link's current cap period ends (Unix time)",
+    ["link"],
+    registry=REGISTRY,
+)
+
 
 def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
     """Add a session's counter increments (engine.session STAT_NAMES order) to the registry."""

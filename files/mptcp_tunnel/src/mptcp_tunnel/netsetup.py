@@ -2,8 +2,9 @@
 
 - MPTCP path-manager limits (subflows, add_addr_accepted).
 - One MPTCP endpoint per access link (CPE): flag ``subflow``, plus ``backup`` for the cellular link
-  under the ``backup`` policy. A changed backup flag is switched in place (MPTCP_PM_CMD_SET_FLAGS), so
-  the running connection keeps its subflows.
+  under the ``backup`` policy (and ``overflow`` while it stands by, and once its data cap is spent).
+  A changed backup flag is switched in place (MPTCP_PM_CMD_SET_FLAGS), so the running connection
+  keeps its subflows.
 - Source-based policy routing per link: ``from <address> lookup <table>`` and a default route in that
   table through the link, so each subflow leaves by its own link.
 
@@ -175,16 +176,25 @@ def _netlink() -> Iterator[tuple[IPRoute, PathManager]]:
         pm.close()
 
 
-def endpoint_flags(cfg: AgentConfig, link: Link, overflowing: bool = False) -> int:
-    """``backup``: cellular always backup; ``overflow``: backup until the agent lets it join."""
+def endpoint_flags(
+    cfg: AgentConfig, link: Link, overflowing: bool = False, capped: frozenset[str] = frozenset()
+) -> int:
+    """``backup``: cellular always backup; ``overflow``: backup until the agent lets it join; a
+    cellular link whose data cap is spent (``capped``): backup whatever the policy."""
     assert cfg.cpe is not None
     policy = cfg.cpe.policy
-    backup = link.kind == "cellular" and (policy == "backup" or (policy == "overflow" and not overflowing))
+    backup = link.kind == "cellular" and (
+        policy == "backup" or (policy == "overflow" and not overflowing) or link.name in capped
+    )
     return FLAG_SUBFLOW | (FLAG_BACKUP if backup else 0)
 
 
 def apply(
-    cfg: AgentConfig, check: bool = False, down: frozenset[str] = frozenset(), overflowing: bool = False
+    cfg: AgentConfig,
+    check: bool = False,
+    down: frozenset[str] = frozenset(),
+    overflowing: bool = False,
+    capped: frozenset[str] = frozenset(),
 ) -> Report:
     """Bring limits, endpoints and policy routing in line with ``cfg``; with ``check``, only report.
 
@@ -216,7 +226,9 @@ def apply(
                         mine = f"link {link.name}:"
                         report.problems = [p for p in report.problems if not p.startswith(mine)]
                 wanted = [
-                    Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing), ifindex[link.name])
+                    Endpoint(
+                        str(link.address), endpoint_flags(cfg, link, overflowing, capped), ifindex[link.name]
+                    )
                     for link in cfg.cpe.links
                     if link.name in ifindex and link.name not in down
                 ]
@@ -350,7 +362,9 @@ def _apply_routing(ipr: IPRoute, link: Link, ifindex: int, report: Report, check
                 report.problems.append(f"link {link.name}: gateway {gateway} is not on {link.interface}")
 
 
-def recreate_endpoint(cfg: AgentConfig, link: Link, overflowing: bool = False) -> None:
+def recreate_endpoint(
+    cfg: AgentConfig, link: Link, overflowing: bool = False, capped: frozenset[str] = frozenset()
+) -> None:
     """Delete and re-add a link's endpoint: the kernel then opens a new subflow on it for every
     established connection (it never retries a subflow that died on its own)."""
     with _netlink() as (ipr, pm):
@@ -359,7 +373,7 @@ def recreate_endpoint(cfg: AgentConfig, link: Link, overflowing: bool = False) -
             if ep.address == str(link.address):
                 pm.delete(ep)
         if found:
-            pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing), found[0]))
+            pm.add(Endpoint(str(link.address), endpoint_flags(cfg, link, overflowing, capped), found[0]))
 
 
 def apply_logged(
@@ -367,13 +381,14 @@ def apply_logged(
     known_problems: frozenset[str] = frozenset(),
     down: frozenset[str] = frozenset(),
     overflowing: bool = False,
+    capped: frozenset[str] = frozenset(),
 ) -> frozenset[str]:
     """apply() for a running agent: changes are logged, new problems too; nothing is fatal.
 
     Returns the current problems, to pass back next time so a lasting problem is logged once.
     """
     try:
-        report = apply(cfg, down=down, overflowing=overflowing)
+        report = apply(cfg, down=down, overflowing=overflowing, capped=capped)
     except (NetworkSetupError, OSError) as exc:
         log.error("network setup failed: %s", exc)
         return known_problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from mptcp_tunnel.cap import format_bytes
 from mptcp_tunnel.config import Link
 from mptcp_tunnel.mptcp import SubflowInfo
 
@@ -28,6 +29,7 @@ def cpe_snapshot(
     subflows: list[SubflowInfo],
     tunnel_bytes: dict[str, int],
     policy_state: dict[str, Any] | None = None,
+    caps: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     by_address = {str(link.address): link.name for link in links}
     rows = []
@@ -69,6 +71,7 @@ def cpe_snapshot(
             for link in links
         ],
         "subflows": rows,
+        "caps": caps or [],
     }
 
 
@@ -148,6 +151,22 @@ def render(snap: dict[str, Any]) -> str:
     ]
     head = ["subflow", "addresses", "state", "backup", "rtt ms", "cwnd", "sent", "received", "retrans"]
     lines += _table(head, sf_rows) if sf_rows else ["no subflows"]
+    caps = snap.get("caps") or []
+    if caps:
+        lines.append("")
+        cap_rows = [
+            [
+                c["link"],
+                format_bytes(c["used_bytes"]),
+                format_bytes(c["limit_bytes"], 0),
+                f"{100 * c['used_bytes'] / c['limit_bytes']:.0f} %" if c["limit_bytes"] else "-",
+                format_bytes(c["remaining_bytes"]),
+                f"{c['period_start'][:16].replace('T', ' ')} .. {c['period_end'][:16].replace('T', ' ')}",
+                "SPENT (backup only)" if c["spent"] else "no",
+            ]
+            for c in caps
+        ]
+        lines += _table(["cap", "used", "limit", "used %", "remaining", "period", "spent"], cap_rows)
     return "\n".join(lines) + "\n"
 
 
