@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 
 import pytest
 from mtcheck import (
@@ -24,7 +25,9 @@ from mtcheck import (
     wait_ping,
 )
 
-CLIENT, CPE, BGW, SERVER = (host(n) for n in ("mtm-client", "mtm-cpe1", "mtm-bgw1", "mtm-server"))
+CLIENT, CPE, BGW, SERVER = (
+    host(n) for n in ("mtm-client", "mtm-cpe1", "mtm-bgw1", "mtm-server")
+)
 SERVER4, SERVER6 = "172.16.0.2", "fd00:172::2"
 CLIENT4, CLIENT6 = "192.168.10.2", "fd00:10::2"
 AGENT_BIN = "/opt/mptcp-tunnel/venv/bin/mptcp-tunnel"
@@ -39,12 +42,17 @@ def test_sysctls(h):
     assert h.sysctl("net.ipv4.tcp_slow_start_after_idle") == 0
     assert h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").contains("^net.mptcp.enabled=1")
     # only net.* keys: anything else would change the container's host
-    for line in h.file("/etc/sysctl.d/60-mptcp-tunnel.conf").content_string.splitlines():
+    for line in h.file(
+        "/etc/sysctl.d/60-mptcp-tunnel.conf"
+    ).content_string.splitlines():
         if line.strip() and not line.startswith("#"):
             assert line.startswith("net."), line
 
 
-@pytest.mark.parametrize(("h", "name", "purpose"), [(CPE, "cpe1", "sslclient"), (BGW, "mtm-bgw1", "sslserver")])
+@pytest.mark.parametrize(
+    ("h", "name", "purpose"),
+    [(CPE, "cpe1", "sslclient"), (BGW, "mtm-bgw1", "sslserver")],
+)
 def test_tls_credentials(h, name, purpose):
     pki = "/etc/mptcp-tunnel/pki"
     key = h.file(f"{pki}/node.key")
@@ -54,7 +62,10 @@ def test_tls_credentials(h, name, purpose):
     # signed by the operator CA, named after the host, and good for its side only
     ok(h, f"openssl verify -CAfile {pki}/ca.crt -purpose {purpose} {pki}/node.crt")
     other = "sslserver" if purpose == "sslclient" else "sslclient"
-    assert h.run(f"openssl verify -CAfile {pki}/ca.crt -purpose {other} {pki}/node.crt").rc != 0
+    assert (
+        h.run(f"openssl verify -CAfile {pki}/ca.crt -purpose {other} {pki}/node.crt").rc
+        != 0
+    )
     text = ok(h, f"openssl x509 -in {pki}/node.crt -noout -ext subjectAltName")
     assert f"DNS:{name}" in text
     # the key was made on the host and matches its certificate
@@ -91,7 +102,10 @@ def test_mptcp_limits(h):
 
 @pytest.mark.parametrize("h", [CPE, BGW], ids=["cpe", "bgw"])
 def test_network_setup_has_nothing_left_to_do(h):
-    out = ok(h, f"{AGENT_BIN} setup-network --config /etc/mptcp-tunnel/config.yaml --check --json")
+    out = ok(
+        h,
+        f"{AGENT_BIN} setup-network --config /etc/mptcp-tunnel/config.yaml --check --json",
+    )
     report = json.loads(out)
     assert report["changed"] is False and report["changes"] == [], report
 
@@ -108,10 +122,14 @@ def test_cpe_endpoints_per_link():
 def test_cpe_policy_routing():
     rules = {(r.get("src"), str(r.get("table"))) for r in ipj(CPE, "rule show")}
     assert ("10.1.0.1", "101") in rules and ("10.2.0.1", "102") in rules
-    for table, gw, dev in (("101", "10.1.0.2", "wan_fixed"), ("102", "10.2.0.2", "wan_cell")):
+    for table, gw, dev in (
+        ("101", "10.1.0.2", "wan_fixed"),
+        ("102", "10.2.0.2", "wan_cell"),
+    ):
         routes = ipj(CPE, f"route show table {table}")
         assert any(
-            r["dst"] == "default" and r.get("gateway") == gw and r["dev"] == dev for r in routes
+            r["dst"] == "default" and r.get("gateway") == gw and r["dev"] == dev
+            for r in routes
         ), routes
 
 
@@ -151,7 +169,9 @@ def test_tcp_iperf3_uses_both_subflows():
 def test_udp_iperf3():
     result = iperf3(CLIENT, SERVER, SERVER4, args="-u -b 4M -l 1200", seconds=4)
     summary = result["end"]["sum"]
-    print(f"iperf3 UDP 4 Mbit/s: {summary['lost_percent']:.2f} % lost of {summary['packets']}")
+    print(
+        f"iperf3 UDP 4 Mbit/s: {summary['lost_percent']:.2f} % lost of {summary['packets']}"
+    )
     assert summary["packets"] > 1000
     assert summary["lost_percent"] < 5.0
 
@@ -169,7 +189,10 @@ def test_boot_unit_restores_endpoints_and_rules_without_the_agent():
         ok(CPE, "ip mptcp limits set subflows 0 add_addr_accepted 0")
         ok(CPE, "ip rule del from 10.2.0.1 lookup 102")
         ok(CPE, f"systemctl restart {NETWORK_UNIT}")
-        assert {e["address"] for e in ipj(CPE, "mptcp endpoint show")} == {"10.1.0.1", "10.2.0.1"}
+        assert {e["address"] for e in ipj(CPE, "mptcp endpoint show")} == {
+            "10.1.0.1",
+            "10.2.0.1",
+        }
         assert ok(CPE, "ip mptcp limits show").split() == [
             "add_addr_accepted",
             "2",
@@ -183,6 +206,34 @@ def test_boot_unit_restores_endpoints_and_rules_without_the_agent():
     wait_ping(CLIENT, SERVER4, within_s=45)
 
 
+CPE_LINKS = [
+    {
+        "name": "fixed",
+        "kind": "fixed",
+        "interface": "wan_fixed",
+        "address": "10.1.0.1",
+        "gateway": "10.1.0.2",
+        "table": 101,
+        "rate_mbit": 10,
+    },
+    {
+        "name": "cellular",
+        "kind": "cellular",
+        "interface": "wan_cell",
+        "address": "10.2.0.1",
+        "gateway": "10.2.0.2",
+        "table": 102,
+    },
+]  # as in molecule.yml
+
+
+def _reloaded_in_place(play, pid: str, reconnects: float) -> None:
+    assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
+    assert not handler_changed(play.stdout, "mptcp_tunnel : Restart mptcp-tunnel")
+    assert CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}") == pid
+    assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
+
+
 @pytest.mark.parametrize("policy", ["backup", "overflow"])
 def test_policy_change_reloads_without_dropping_the_connection(tmp_path, policy):
     """site.yml with another policy: the cellular endpoint gets the backup flag by a reload (SIGHUP;
@@ -191,16 +242,11 @@ def test_policy_change_reloads_without_dropping_the_connection(tmp_path, policy)
     inventory = molecule_inventory_without(tmp_path)
     pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
     reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
-
-    def reloaded_in_place(play) -> None:
-        assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
-        assert not handler_changed(play.stdout, "mptcp_tunnel : Restart mptcp-tunnel")
-        assert CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}") == pid
-        assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
-
     try:
-        play = run_site(inventory, "--limit", "mtm-cpe1", "-e", f"mptcp_tunnel_cpe_policy={policy}")
-        reloaded_in_place(play)
+        play = run_site(
+            inventory, "--limit", "mtm-cpe1", "-e", f"mptcp_tunnel_cpe_policy={policy}"
+        )
+        _reloaded_in_place(play, pid, reconnects)
         eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
         assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
         status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
@@ -208,7 +254,44 @@ def test_policy_change_reloads_without_dropping_the_connection(tmp_path, policy)
         wait_ping(CLIENT, SERVER4)
     finally:
         play = run_site(inventory, "--limit", "mtm-cpe1")
-    reloaded_in_place(play)
+    _reloaded_in_place(play, pid, reconnects)
+    eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
+    assert not eps["10.2.0.1"].get("backup")
+
+
+def test_a_cellular_cap_is_a_reload(tmp_path):
+    """A cap on the cellular link: a reload, no reconnect; a cap already spent (1 byte) sets the
+    backup flag, the status shows it; removing the cap clears the flag the same way."""
+    inventory = molecule_inventory_without(tmp_path)
+    pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
+    reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
+    capped = [CPE_LINKS[0], {**CPE_LINKS[1], "cap": {"bytes": 1, "period": "daily"}}]
+    try:
+        play = run_site(
+            inventory,
+            "--limit",
+            "mtm-cpe1",
+            "-e",
+            json.dumps({"mptcp_tunnel_cpe_links": capped}),
+        )
+        _reloaded_in_place(play, pid, reconnects)
+        for _ in range(
+            20
+        ):  # counting starts at the reload; the link probes spend 1 byte at once
+            status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
+            caps = {c["link"]: c for c in status["caps"]}
+            if caps.get("cellular", {}).get("spent"):
+                break
+            time.sleep(0.5)
+        assert caps["cellular"]["limit_bytes"] == 1 and caps["cellular"]["spent"], (
+            status["caps"]
+        )
+        eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
+        assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
+        wait_ping(CLIENT, SERVER4)
+    finally:
+        play = run_site(inventory, "--limit", "mtm-cpe1")
+    _reloaded_in_place(play, pid, reconnects)
     eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
     assert not eps["10.2.0.1"].get("backup")
 
@@ -255,9 +338,9 @@ def test_admission_limit_per_source():
     # 600 SYNs at once from one source: the burst (200) passes, most of the rest is dropped
     ok(
         SERVER,
-        "python3 -c \"import socket\nsocks = [socket.socket() for _ in range(600)]\n"
+        'python3 -c "import socket\nsocks = [socket.socket() for _ in range(600)]\n'
         "for s in socks: s.setblocking(False); s.connect_ex(('172.16.0.1', 7440))\n"
-        "import time; time.sleep(1)\"",
+        'import time; time.sleep(1)"',
     )
     assert dropped() - before >= 300
 
@@ -267,7 +350,11 @@ def test_rotate_certs_costs_the_cpe_one_reconnect_and_the_bgw_none():
     pki = "/etc/mptcp-tunnel/pki"
 
     def serial(h):
-        return ok(h, f"openssl x509 -in {pki}/node.crt -noout -serial").strip().split("=")[1]
+        return (
+            ok(h, f"openssl x509 -in {pki}/node.crt -noout -serial")
+            .strip()
+            .split("=")[1]
+        )
 
     wait_ping(CLIENT, SERVER4)
     old_cpe, old_bgw = serial(CPE), serial(BGW)
@@ -284,7 +371,13 @@ def test_rotate_certs_costs_the_cpe_one_reconnect_and_the_bgw_none():
     m = metrics(BGW)
     assert metric(m, "mptcp_tunnel_session_up", cpe="cpe1") == 1
     # the CPE agent restarted (its one reconnect), the BGW agent only reloaded (same process)
-    assert CPE.check_output(f"systemctl show -p MainPID --value {AGENT_UNIT}") != cpe_pid
-    assert BGW.check_output(f"systemctl show -p MainPID --value {AGENT_UNIT}") == bgw_pid
+    assert (
+        CPE.check_output(f"systemctl show -p MainPID --value {AGENT_UNIT}") != cpe_pid
+    )
+    assert (
+        BGW.check_output(f"systemctl show -p MainPID --value {AGENT_UNIT}") == bgw_pid
+    )
     ended_now = metric(m, "mptcp_tunnel_sessions_ended_total", cpe="cpe1") - ended
-    assert ended_now == 1, f"the rotation cost cpe1 {ended_now:.0f} reconnects (one expected)"
+    assert ended_now == 1, (
+        f"the rotation cost cpe1 {ended_now:.0f} reconnects (one expected)"
+    )
