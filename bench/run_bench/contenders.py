@@ -31,7 +31,7 @@ CONTENDERS = (
     "mptcp-tunnel-perpacket",
     "mptcp-tunnel-offload",
     "mptcp-tunnel-offload-tls",
-    "mptcp-tunnel-noaqm",
+    "mptcp-tunnel-codel",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
@@ -65,8 +65,8 @@ def path_of(contender: str) -> Path:
         return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
     if contender == "mptcp-tunnel":
         return Path("client", "server", SERVER, None, "mptcp")
-    if contender == "mptcp-tunnel-noaqm":  # the byte bound only (the agent before CoDel)
-        return Path("client", "server", SERVER, None, "mptcp-noaqm")
+    if contender == "mptcp-tunnel-codel":  # tunnel.aqm codel (opt-in) on both agents
+        return Path("client", "server", SERVER, None, "mptcp-codel")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
@@ -113,9 +113,9 @@ class Agents:
                 offload, *tls = mode[len("mptcp-offload-") :].split("-")
                 cfg.setdefault("tunnel", {})["offload"] = offload
                 cfg["tunnel"]["encryption"] = "tls" if tls else "none"
-            elif mode == "mptcp-noaqm":
+            elif mode == "mptcp-codel":
                 cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {})["aqm"] = "none"
+                cfg.setdefault("tunnel", {})["aqm"] = "codel"
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)

@@ -1,6 +1,6 @@
-"""CoDel on the tunnel's queue (issue 9, latency under load): a standing queue behind bulk flows is
-signalled to the inner flows - CE marks on ECN-capable packets that reach the receiver, drops for
-the rest - and the queue's byte bound alone no longer decides."""
+"""CoDel on the tunnel's queue (issue 9, latency under load; ``tunnel.aqm: codel``, opt-in): a
+standing queue behind bulk flows is signalled to the inner flows - CE marks on ECN-capable packets
+that reach the receiver, drops for the rest - and the queue's byte bound alone no longer decides."""
 
 from __future__ import annotations
 
@@ -31,10 +31,22 @@ def _ce_received(lab: Lab) -> int:
     return int(m.group(1))
 
 
+def _start_agents(lab: Lab, aqm: str) -> None:
+    for role in ("bgw", "cpe"):
+        lab.stop_agent(role)
+    for role in ("bgw", "cpe"):
+        cfg = lab.agent_config(role)
+        cfg.setdefault("tunnel", {})["aqm"] = aqm
+        lab.start_agent(role, cfg)
+    lab.wait_tunnel(30)
+
+
 @pytest.fixture
 def ce_counter(tunnel: Lab) -> Iterator[Lab]:
-    """Counts CE-marked packets arriving at the client; the client's TCP asks for ECN only here."""
+    """Both agents with ``tunnel.aqm: codel`` (opt-in); counts CE-marked packets arriving at the
+    client, whose TCP asks for ECN only here."""
     lab = tunnel
+    _start_agents(lab, "codel")
     rules = (
         f"table inet {CE_TABLE} {{\n chain input {{\n"
         "  type filter hook input priority 0; policy accept;\n  ip ecn ce counter\n }\n}\n"
@@ -45,6 +57,7 @@ def ce_counter(tunnel: Lab) -> Iterator[Lab]:
     finally:
         lab.exec("client", ["nft", "delete", "table", "inet", CE_TABLE], check=False)
         lab.exec("client", ["sysctl", "-qw", "net.ipv4.tcp_ecn=2"], check=False)
+        _start_agents(lab, "none")
 
 
 def _download(lab: Lab) -> float:

@@ -77,6 +77,7 @@ DELETE = object()
         ("bgw.yaml", "tunnel.aqm", "red", "tunnel.aqm: 'red' is not one of codel, none"),
         ("cpe.yaml", "tunnel.ecn", "yes", "tunnel.ecn: expected true or false, got str"),
         ("cpe.yaml", "tunnel.aqm_target_ms", 100, "tunnel.aqm_target_ms: 100 is not below aqm_interval_ms"),
+        ("cpe.yaml", "tunnel.aqm_interval_ms", 0, "tunnel.aqm_interval_ms: 0 is out of range"),
     ],
 )
 def test_bad_values_name_file_and_key(name: str, path: str, value: object, message: str) -> None:
@@ -266,11 +267,11 @@ def test_overflow_needs_the_fixed_links_rate() -> None:
         parse_config(doc, "/etc/cpe.yaml")
 
 
-def test_aqm_defaults_to_codel_with_ecn_and_can_be_switched_off() -> None:
-    cfg = parse_config(example("cpe.yaml"), "cpe.yaml")
+def test_aqm_is_opt_in_with_ecn_marking() -> None:
+    assert parse_config(example("cpe.yaml"), "cpe.yaml").tunnel.aqm is None
+    cfg = parse_config(mutate("cpe.yaml", "tunnel.aqm", "codel"), "cpe.yaml")
     assert cfg.tunnel.aqm is not None and cfg.tunnel.aqm.ecn
     assert (cfg.tunnel.aqm.target_s, cfg.tunnel.aqm.interval_s) == (0.005, 0.1)
-    assert parse_config(mutate("cpe.yaml", "tunnel.aqm", "none"), "cpe.yaml").tunnel.aqm is None
 
 
 @pytest.mark.parametrize("aqm", ["codel", "none"])

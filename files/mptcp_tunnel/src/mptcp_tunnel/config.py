@@ -49,7 +49,7 @@ class TunnelSettings:
     workers: int = 0  # BGW worker processes; 0 = one per core
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
-    aqm: AqmSettings | None = field(default_factory=AqmSettings)  # None = byte bound only
+    aqm: AqmSettings | None = None  # None = the byte bound only (the default); CoDel is opt-in
 
 
 def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
@@ -313,14 +313,14 @@ def _tunnel(sec: _Section) -> TunnelSettings:
 
 
 def _aqm(sec: _Section) -> AqmSettings | None:
-    kind = sec.choice("aqm", "codel", ("codel", "none"))
+    kind = sec.choice("aqm", "none", ("codel", "none"))
     target = sec.number("aqm_target_ms", 5.0, 0.5, 1000.0)
     interval = sec.number("aqm_interval_ms", 100.0, 1.0, 10000.0)
     ecn = sec.boolean("ecn", True)
-    if kind == "none":
-        return None
     if target >= interval:
         raise ConfigError(f"{sec.key('aqm_target_ms')}: {target:g} is not below aqm_interval_ms {interval:g}")
+    if kind == "none":
+        return None
     return AqmSettings(target_s=target / 1000, interval_s=interval / 1000, ecn=ecn)
 
 
