@@ -27,6 +27,7 @@ from run_bench.results import Progress, ScenarioResult, warn
 
 SETUP_S = 0.15  # iperf3 connection setup before its first measured second (50-80 ms RTT)
 FIXED_MBIT = 10.0
+TBF_BURST_BYTES = 16 * 1024  # each rate change refills tbf's bucket (kernel tbf_change)
 
 
 def _spec_for_rep(text: str, rep: int) -> str:
@@ -112,6 +113,7 @@ def _point(
     runs: list[float] = []
     retransmits: list[int | None] = []
     trace_means: list[float | None] = []
+    changes: list[int] = []
     specs: list[str] = []
     series: list[list[float]] = []
     trace_series: list[list[float]] = []
@@ -136,6 +138,7 @@ def _point(
         runs.append(r.mbps)
         retransmits.append(r.retransmits)
         trace_means.append(round(mean, 3) if mean is not None else None)
+        changes.append(sum(1 for t, _ in record[1:-1] if t0 < t < t0 + s.transfer_seconds))
         specs.append(spec)
         series.append(
             [round(iv["sum"]["bits_per_second"] / 1e6, 3) for iv in r.raw.get("intervals", [])]
@@ -157,6 +160,12 @@ def _point(
         trace_specs=specs,
         trace_mean_mbps_runs=trace_means,
         trace_mean_mbps=trace_mean,
+        trace_changes_runs=changes,
+        # at most this much more than the trace: a full bucket after every change, if backlogged
+        burst_bonus_max_mbps=round(
+            (sum(changes) / max(len(changes), 1)) * TBF_BURST_BYTES * 8 / s.transfer_seconds / 1e6,
+            3,
+        ),
         series_mbps=series,
         trace_series_mbps=trace_series,
         links=links,
