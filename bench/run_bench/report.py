@@ -93,6 +93,32 @@ def _sweep_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _paired_ratios(data: dict[str, Any]) -> list[str]:
+    """Tunnel / best HYA per repetition: repetition k of every contender met the same trace."""
+    lines = []
+    for x in sorted({p["x"] for p in data["points"]}):
+        pts = {p["contender"]: p for p in data["points"] if p["x"] == x}
+        tunnel = pts.get("mptcp-tunnel", {})
+        hyas = [pts[c] for c in ("hya-1:1", "hya-2:1") if c in pts]
+        if not tunnel or not hyas:
+            continue
+        ratios = []
+        for k, spec in enumerate(tunnel.get("trace_specs", [])):
+            rivals = [
+                h["runs_mbps"][h["trace_specs"].index(spec)]
+                for h in hyas
+                if spec in h.get("trace_specs", [])
+            ]
+            if k < len(tunnel["runs_mbps"]) and rivals and max(rivals) > 0:
+                ratios.append(f"{tunnel['runs_mbps'][k] / max(rivals):.2f}")
+        if ratios:
+            lines.append(
+                f"Tunnel / best HYA on the same trace, per repetition, at {x:g} ms:"
+                f" {', '.join(ratios)}."
+            )
+    return lines
+
+
 def _simple_table(data: dict[str, Any], extra: list[tuple[str, str]]) -> list[str]:
     head = ["contender", *[h for h, _ in extra], "Mbit/s (mean ± sd)", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -253,6 +279,8 @@ def markdown(out_dir: Path) -> str:
                 )
         else:
             lines += _simple_table(data, [])
+        if scenario == "fig9_varying":
+            lines += ["", *_paired_ratios(data)]
         if data.get("notes"):
             lines.append("")
             lines += [f"- {n}" for n in data["notes"]]
@@ -364,7 +392,9 @@ def _varying_plot(data: dict[str, Any], out_dir: Path, plt: Any) -> Path:
         for p in at:
             if not drawn and p.get("trace_series_mbps"):
                 ts = p["trace_series_mbps"][0][:TRACE_PLOT_S]
-                top.step(range(1, len(ts) + 1), ts, where="pre", color="k", label="cellular trace")
+                top.step(
+                    range(1, len(ts) + 1), ts, where="pre", color="k", label="cellular (1 s means)"
+                )
                 top.axhline(10.0, color="grey", lw=0.8, ls=":", label="fixed (static)")
                 drawn = True
             if p.get("series_mbps"):
