@@ -113,8 +113,18 @@ def _paired_ratios(data: dict[str, Any]) -> list[str]:
                 ratios.append(f"{tunnel['runs_mbps'][k] / max(rivals):.2f}")
         if ratios:
             lines.append(
-                f"Tunnel / best HYA on the same trace, per repetition, at {x:g} ms:"
+                f"- Tunnel / best HYA on the same trace, per repetition, at {x:g} ms:"
                 f" {', '.join(ratios)}."
+            )
+        lows = []
+        for c in _contenders(list(pts.values())):
+            runs = [min(ys[1:]) for ys in pts[c].get("series_mbps", []) if len(ys) > 1]
+            if runs:
+                lows.append(f"{c} {', '.join(f'{v:.1f}' for v in runs)}")
+        if lows:
+            lines.append(
+                f"- Lowest 1 s goodput after the first second, per repetition, at {x:g} ms (Mbit/s):"
+                f" {'; '.join(lows)}."
             )
     return lines
 
