@@ -123,8 +123,8 @@ def _paired_ratios(data: dict[str, Any]) -> list[str]:
                 lows.append(f"{c} {', '.join(f'{v:.1f}' for v in runs)}")
         if lows:
             lines.append(
-                f"- Lowest 1 s goodput after the first second, per repetition, at {x:g} ms (Mbit/s):"
-                f" {'; '.join(lows)}."
+                f"- Lowest 1 s goodput after the first second, per repetition, at {x:g} ms"
+                f" (Mbit/s): {'; '.join(lows)}."
             )
     return lines
 
