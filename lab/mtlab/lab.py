@@ -99,6 +99,8 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, tc, nftables)")
         self.down()
+        for p in self.links.values():
+            p.trace = None  # down() stopped any trace player
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             topology.build(self.names)
