@@ -31,6 +31,7 @@ CONTENDERS = (
     "mptcp-tunnel-perpacket",
     "mptcp-tunnel-offload",
     "mptcp-tunnel-offload-tls",
+    "mptcp-tunnel-noaqm",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
@@ -64,6 +65,8 @@ def path_of(contender: str) -> Path:
         return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
     if contender == "mptcp-tunnel":
         return Path("client", "server", SERVER, None, "mptcp")
+    if contender == "mptcp-tunnel-noaqm":  # the byte bound only, subflow buffers autotuned (before)
+        return Path("client", "server", SERVER, None, "mptcp-noaqm")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
@@ -110,6 +113,9 @@ class Agents:
                 offload, *tls = mode[len("mptcp-offload-") :].split("-")
                 cfg.setdefault("tunnel", {})["offload"] = offload
                 cfg["tunnel"]["encryption"] = "tls" if tls else "none"
+            elif mode == "mptcp-noaqm":
+                cfg = self.lab.agent_config(role)
+                cfg.setdefault("tunnel", {}).update(aqm="none", subflow_sndbuf="kernel")
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)

@@ -216,29 +216,33 @@ def markdown(out_dir: Path) -> str:
             lines += _sweep_table(data)
         elif scenario == "many_flows":
             lines += [
-                "| flows | contender | Mbit/s (mean ± sd) | Jain | UDP 1 Mbit/s loss % |"
-                " UDP jitter ms |",
-                "|---:|---|---:|---:|---:|---:|",
+                "| flows | contender | end hosts | Mbit/s (mean ± sd) | / link sum | Jain |"
+                " UDP 1 Mbit/s loss % | UDP jitter ms |",
+                "|---:|---|---|---:|---:|---:|---:|---:|",
             ]
             for p in data["points"]:
                 udp = [u for u in p.get("udp", []) if "lost_pct" in u]
                 jains = [j for j in p.get("jain", []) if j is not None]
                 lines.append(
-                    f"| {p['x']:g} | {p['contender']} | {_fmt(p['mean_mbps'])} ±"
-                    f" {_fmt(p['std_mbps'])} | {_fmt(min(jains) if jains else None, 3)} |"
+                    f"| {p['x']:g} | {p['contender']} | {p.get('cc', '–')} |"
+                    f" {_fmt(p['mean_mbps'])} ±"
+                    f" {_fmt(p['std_mbps'])} | {_fmt(p.get('to_link_sum'), 3)} |"
+                    f" {_fmt(min(jains) if jains else None, 3)} |"
                     f" {_fmt(max((u['lost_pct'] for u in udp), default=None))} |"
                     f" {_fmt(max((u['jitter_ms'] for u in udp), default=None))} |"
                 )
         elif scenario == "latency":
             lines += [
-                "| contender | condition | p50 ms | p99 ms | min ms | bulk Mbit/s |",
-                "|---|---|---:|---:|---:|---:|",
+                "| contender | condition | p50 ms | p99 ms | p99 / idle p50 | min ms |"
+                " bulk Mbit/s | bulk / link sum |",
+                "|---|---|---:|---:|---:|---:|---:|---:|",
             ]
             for p in data["points"]:
                 lines.append(
                     f"| {p['contender']} | {p.get('condition')} | {_fmt(p.get('p50_ms'))} |"
-                    f" {_fmt(p.get('p99_ms'))} | {_fmt(p.get('min_ms'))} |"
-                    f" {_fmt(p.get('mean_mbps'))} |"
+                    f" {_fmt(p.get('p99_ms'))} | {_fmt(p.get('p99_to_idle'), 2)} |"
+                    f" {_fmt(p.get('min_ms'))} | {_fmt(p.get('mean_mbps'))} |"
+                    f" {_fmt(p.get('to_link_sum'), 3)} |"
                 )
         elif scenario == "fleet_scale":
             lines += _fleet_table(data)
@@ -357,13 +361,15 @@ def plots(out_dir: Path) -> list[Path]:
     flows = load(out_dir, "many_flows")
     if flows:
         fig, ax = plt.subplots(figsize=(7, 4))
-        contenders = _contenders(flows["points"])
+        for p in flows["points"]:  # one bar per contender and end-host congestion control
+            p["series"] = f"{p['contender']} {p.get('cc', '')}".strip()
+        contenders = list(dict.fromkeys(p["series"] for p in flows["points"]))
         xs = sorted({p["x"] for p in flows["points"]})
         width = 0.8 / max(len(contenders), 1)
         for i, c in enumerate(contenders):
             vals = []
             for x in xs:
-                p = next((q for q in flows["points"] if q["x"] == x and q["contender"] == c), None)
+                p = next((q for q in flows["points"] if q["x"] == x and q["series"] == c), None)
                 vals.append((p or {}).get("mean_mbps") or 0.0)
             ax.bar([j + i * width for j in range(len(xs))], vals, width, label=c)
         ax.set_xticks([j + width * (len(contenders) - 1) / 2 for j in range(len(xs))])
@@ -374,7 +380,7 @@ def plots(out_dir: Path) -> list[Path]:
         made.append(_save(fig, out_dir / "many_flows.png", plt))
     lat = load(out_dir, "latency")
     if lat:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(lat["points"])), 4.5))
         labels = [f"{p['contender']}\n{p.get('condition')}" for p in lat["points"]]
         p50 = [p.get("p50_ms") or 0 for p in lat["points"]]
         p99 = [p.get("p99_ms") or 0 for p in lat["points"]]
@@ -382,9 +388,9 @@ def plots(out_dir: Path) -> list[Path]:
         ax.bar([x - 0.2 for x in pos], p50, 0.4, label="p50")
         ax.bar([x + 0.2 for x in pos], p99, 0.4, label="p99")
         ax.set_xticks(pos)
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=6, rotation=90)
         ax.set_ylabel("RTT client -> server (ms)")
-        ax.set_title("Latency, idle and during a bulk download")
+        ax.set_title("Latency, idle and under 1 and 8 bulk flows (down/up, cubic/BBR)")
         ax.legend()
         made.append(_save(fig, out_dir / "latency.png", plt))
     return made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,12 +55,15 @@ class Settings:
     flows: list[int] = field(default_factory=lambda: [1, 8, 64])
     flows_contenders: list[str] = field(default_factory=lambda: ["mptcp-tunnel", "hya-2:1"])
     flows_seconds: int = 20
+    flows_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
     udp_mbit: float = 1.0
     ceiling_seconds: int = 10
     latency_pings: int = 200
     latency_contenders: list[str] = field(
-        default_factory=lambda: ["fixed-only", "mptcp-tunnel", "hya-2:1"]
+        default_factory=lambda: ["fixed-only", "mptcp-tunnel", "mptcp-tunnel-noaqm"]
     )
+    latency_flows: list[int] = field(default_factory=lambda: [1, 8])
+    latency_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
     ooo_timeout_ms: float = 10.0
     inseq_timeout_ms: float = 1.0
     inner_cc: str = "cubic"  # end hosts' TCP (the paper's hosts ran Linux 4.9's default, cubic)
@@ -91,7 +95,7 @@ class Settings:
             flows_seconds=8,
             ceiling_seconds=5,
             latency_pings=60,
-            latency_contenders=["fixed-only", "mptcp-tunnel"],
+            latency_contenders=["fixed-only", "mptcp-tunnel", "mptcp-tunnel-noaqm"],
             fleet_sizes=[1000],
             fleet_idle_window_s=20.0,
             fairness_seconds=10,
@@ -105,9 +109,10 @@ class Settings:
             "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig9_varying": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
-            "many_flows": len(self.flows) * len(self.flows_contenders) * r,
+            "many_flows": len(self.flows) * len(self.flows_contenders) * len(self.flows_ccs) * r,
             "datapath_ceiling": 4 * r,
-            "latency": 2 * len(self.latency_contenders),
+            "latency": len(self.latency_contenders)
+            * (1 + 4 * len(self.latency_flows) * len(self.latency_ccs)),
             "fleet_scale": len(self.fleet_sizes),
             "fairness": 2 * r,
             "fuzz": 2,
@@ -372,53 +377,65 @@ def many_flows(
     progress: Progress,
     save: Callable[[ScenarioResult], None],
 ) -> ScenarioResult:
-    """1, 8, 64 parallel TCP downloads, each with a 1 Mbit/s UDP flow alongside."""
+    """1, 8, 64 parallel TCP downloads with cubic and with BBR end hosts, each with a 1 Mbit/s UDP
+    flow alongside; throughput against the two links' goodputs measured alone in this run."""
     res = ScenarioResult("many_flows", asdict(s))
     reset_links(lab)
     check = _validate(lab, res, "default links", progress)
     res.links = _links_record(lab, check)
-    for n in s.flows:
-        for contender in s.flows_contenders:
-            runs: list[IperfResult] = []
-            udp: list[dict[str, Any]] = []
-            for rep in range(s.reps):
-                udp_box: dict[str, Any] = {}
-                thread = threading.Thread(
-                    target=_udp_alongside,
-                    args=(lab, s.flows_seconds + 2, s.udp_mbit, udp_box),
-                )
-                try:
-                    agents.ensure(path_of(contender).agents)
-                except LabError as exc:
-                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
-                    continue
-                thread.start()
-                try:
-                    r = bulk(
-                        lab, agents, contender, s.flows_seconds, omit=2, parallel=n, cc=s.inner_cc
-                    )
-                except LabError as exc:
-                    progress.step(f"flows={n} {contender} rep {rep + 1}: FAILED ({exc})")
-                    continue
-                finally:
-                    thread.join(s.flows_seconds + 60)
-                runs.append(r)
-                udp.append(udp_box)
-                progress.step(
-                    f"flows={n} {contender} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s,"
-                    f" jain {jain(stream_mbps(r))}, udp loss {udp_box.get('lost_pct')} %"
-                )
-            res.add_point(
-                contender,
-                [r.mbps for r in runs],
-                x_name="tcp_flows",
-                x=n,
-                jain=[jain(stream_mbps(r)) for r in runs],
-                streams_mbps=[stream_mbps(r) for r in runs],
-                udp=udp,
+    link_sum = _link_sum(lab, agents, s)
+    res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
+    for n, contender, cc in itertools.product(s.flows, s.flows_contenders, s.flows_ccs):
+        runs: list[IperfResult] = []
+        udp: list[dict[str, Any]] = []
+        label = f"flows={n} {contender} {cc}"
+        for rep in range(s.reps):
+            udp_box: dict[str, Any] = {}
+            thread = threading.Thread(
+                target=_udp_alongside,
+                args=(lab, s.flows_seconds + 2, s.udp_mbit, udp_box),
             )
-            save(res)
+            try:
+                agents.ensure(path_of(contender).agents)
+            except LabError as exc:
+                progress.step(f"{label} rep {rep + 1}: FAILED ({exc})")
+                continue
+            thread.start()
+            try:
+                r = bulk(lab, agents, contender, s.flows_seconds, omit=2, parallel=n, cc=cc)
+            except LabError as exc:
+                progress.step(f"{label} rep {rep + 1}: FAILED ({exc})")
+                continue
+            finally:
+                thread.join(s.flows_seconds + 60)
+            runs.append(r)
+            udp.append(udp_box)
+            progress.step(
+                f"{label} rep {rep + 1}/{s.reps}: {r.mbps:.2f} Mbit/s,"
+                f" jain {jain(stream_mbps(r))}, udp loss {udp_box.get('lost_pct')} %"
+            )
+        mbps = [r.mbps for r in runs]
+        res.add_point(
+            contender,
+            mbps,
+            x_name="tcp_flows",
+            x=n,
+            cc=cc,
+            to_link_sum=round(sum(mbps) / len(mbps) / link_sum, 3) if mbps and link_sum else None,
+            jain=[jain(stream_mbps(r)) for r in runs],
+            streams_mbps=[stream_mbps(r) for r in runs],
+            udp=udp,
+        )
+        save(res)
     return res
+
+
+def _link_sum(lab: Lab, agents: Agents, s: Settings) -> float:
+    """fixed-only + cellular-only goodput (8 s each after 2 s): the reference for aggregation."""
+    return sum(
+        bulk(lab, agents, alone, 8, omit=2, cc=s.inner_cc).mbps
+        for alone in ("fixed-only", "cellular-only")
+    )
 
 
 def _udp_alongside(lab: Lab, seconds: int, mbit: float, box: dict[str, Any]) -> None:
@@ -516,6 +533,9 @@ def datapath_ceiling(
 # ------------------------------------------------------------------ latency
 
 
+PING_INTERVAL_S = 0.05  # 20 pings/s in every latency figure
+
+
 def latency(
     lab: Lab,
     agents: Agents,
@@ -523,7 +543,13 @@ def latency(
     progress: Progress,
     save: Callable[[ScenarioResult], None],
 ) -> ScenarioResult:
-    """Ping client -> server idle and during a bulk download; direct routing vs the tunnel."""
+    """Ping client -> server idle and during 1 and 8 bulk flows, each direction, cubic and BBR end
+    hosts; direct routing over the fixed link vs the tunnel (with its AQM and without).
+
+    One method for every latency figure: 20 pings/s from the client, started 3 s into the bulk
+    transfer, percentiles by ``results.percentile``; the throughput of the same transfer is
+    compared with the two links' goodputs measured alone in this run (their sum is the reference).
+    """
     res = ScenarioResult("latency", asdict(s))
     reset_links(lab)
     check = _validate(lab, res, "default links", progress)
@@ -531,7 +557,8 @@ def latency(
     res.notes.append(
         "fixed-only here = plain IPv4 routing client <-> server over the fixed link, no agents"
     )
-    interval = 0.05
+    link_sum = _link_sum(lab, agents, s)
+    res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
     for contender in s.latency_contenders:
         direct = contender == "fixed-only"
         if direct:
@@ -540,51 +567,83 @@ def latency(
         try:
             if not direct:
                 agents.ensure(path_of(contender).agents)
-            idle = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=interval)
+            idle = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=PING_INTERVAL_S)
+            idle_p50 = percentile(idle, 50)
             res.add_point(
                 contender,
                 [],
                 condition="idle",
                 rtts_ms_count=len(idle),
-                p50_ms=percentile(idle, 50),
+                p50_ms=idle_p50,
                 p99_ms=percentile(idle, 99),
                 min_ms=min(idle, default=None),
             )
-            progress.step(
-                f"latency {contender} idle: p50 {percentile(idle, 50)} ms,"
-                f" p99 {percentile(idle, 99)} ms"
-            )
-            loaded, box = ping_during_bulk(lab, contender, s.latency_pings, interval, s.inner_cc)
-            runs = [box["mbps"]] if "mbps" in box else []
-            res.add_point(
-                contender,
-                runs,
-                condition="bulk",
-                rtts_ms_count=len(loaded),
-                p50_ms=percentile(loaded, 50),
-                p99_ms=percentile(loaded, 99),
-                min_ms=min(loaded, default=None),
-                error=box.get("error"),
-            )
-            progress.step(
-                f"latency {contender} under load: p50 {percentile(loaded, 50)} ms,"
-                f" p99 {percentile(loaded, 99)} ms, bulk {box.get('mbps')} Mbit/s"
-            )
-            save(res)
+            progress.step(f"latency {contender} idle: p50 {idle_p50} ms")
+            conditions = itertools.product(s.latency_flows, ("down", "up"), s.latency_ccs)
+            for flows, direction, cc in conditions:
+                _loaded_point(
+                    lab, res, s, progress, contender, flows, direction, cc, idle_p50, link_sum
+                )
+                save(res)
         finally:
             if direct:
                 linkctl.direct_routes(lab, add=False)
     return res
 
 
+def _loaded_point(
+    lab: Lab,
+    res: ScenarioResult,
+    s: Settings,
+    progress: Progress,
+    contender: str,
+    flows: int,
+    direction: str,
+    cc: str,
+    idle_p50: float | None,
+    link_sum: float,
+) -> None:
+    cond = f"{flows} flow{'s' if flows > 1 else ''} {direction} {cc}"
+    loaded, box = ping_during_bulk(
+        lab, contender, s.latency_pings, 0.05, cc, direction == "down", flows
+    )
+    p99 = percentile(loaded, 99)
+    mbps = box.get("mbps")
+    res.add_point(
+        contender,
+        [mbps] if mbps is not None else [],
+        condition=cond,
+        flows=flows,
+        direction=direction,
+        cc=cc,
+        rtts_ms_count=len(loaded),
+        p50_ms=percentile(loaded, 50),
+        p99_ms=p99,
+        min_ms=min(loaded, default=None),
+        p99_to_idle=round(p99 / idle_p50, 3) if p99 and idle_p50 else None,
+        to_link_sum=round(mbps / link_sum, 3) if mbps and link_sum else None,
+        error=box.get("error"),
+    )
+    progress.step(
+        f"latency {contender} {cond}: p50 {percentile(loaded, 50)} ms, p99 {p99} ms,"
+        f" bulk {mbps} Mbit/s"
+    )
+
+
 def ping_during_bulk(
-    lab: Lab, label: str, pings: int, interval: float, cc: str, download: bool = True
+    lab: Lab,
+    label: str,
+    pings: int,
+    interval: float,
+    cc: str,
+    download: bool = True,
+    flows: int = 1,
 ) -> tuple[list[float], dict[str, Any]]:
-    """Ping client -> server while one bulk TCP flow runs (server -> client unless not
+    """Ping client -> server while ``flows`` bulk TCP flows run (server -> client unless not
     ``download``). Returns the RTTs (ms) and ``{"mbps": ...}`` or ``{"error": ...}``."""
     seconds = int(pings * interval) + 6
     box: dict[str, Any] = {}
-    thread = threading.Thread(target=_bulk, args=(lab, label, seconds, box, cc, download))
+    thread = threading.Thread(target=_bulk, args=(lab, label, seconds, box, cc, download, flows))
     thread.start()
     try:
         threading.Event().wait(3)  # let the transfer fill the queues
@@ -594,7 +653,9 @@ def ping_during_bulk(
     return rtts, box
 
 
-def _bulk(lab: Lab, label: str, seconds: int, box: dict[str, Any], cc: str, download: bool) -> None:
+def _bulk(
+    lab: Lab, label: str, seconds: int, box: dict[str, Any], cc: str, download: bool, flows: int = 1
+) -> None:
     try:
         r = iperf3(
             lab,
@@ -604,7 +665,7 @@ def _bulk(lab: Lab, label: str, seconds: int, box: dict[str, Any], cc: str, down
             seconds=seconds,
             omit=0,
             reverse=download,
-            extra=["-C", cc],
+            extra=["-C", cc, "-P", str(flows)],
         )
         box["mbps"] = round(r.mbps, 3)
     except LabError as exc:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ DELETE = object()
         ("cpe.yaml", "tunnel.max_frame_bytes", 1400, "tunnel.max_frame_bytes: 1400 is below mtu 1500"),
         ("bgw.yaml", "bgw.cpes.0.prefixes", [], "bgw.cpes[0].prefixes: expected a non-empty list"),
         ("bgw.yaml", "bgw.listen_address", "any", "bgw.listen_address: 'any' is not an IP address"),
+        ("bgw.yaml", "tunnel.aqm", "red", "tunnel.aqm: 'red' is not one of codel, none"),
+        ("cpe.yaml", "tunnel.subflow_sndbuf", 65536, "tunnel.subflow_sndbuf: expected a string, got int"),
+        ("cpe.yaml", "tunnel.ecn", "yes", "tunnel.ecn: expected true or false, got str"),
+        ("cpe.yaml", "tunnel.aqm_target_ms", 100, "tunnel.aqm_target_ms: 100 is not below aqm_interval_ms"),
     ],
 )
 def test_bad_values_name_file_and_key(name: str, path: str, value: object, message: str) -> None:
@@ -260,3 +265,20 @@ def test_overflow_needs_the_fixed_links_rate() -> None:
     del doc["cpe"]["links"][0]["rate_mbit"]
     with pytest.raises(ConfigError, match=r"cpe.links\[0\].rate_mbit: required on fixed links"):
         parse_config(doc, "/etc/cpe.yaml")
+
+
+def test_aqm_defaults_to_codel_with_ecn_and_can_be_switched_off() -> None:
+    cfg = parse_config(example("cpe.yaml"), "cpe.yaml")
+    assert cfg.tunnel.aqm is not None and cfg.tunnel.aqm.ecn
+    assert (cfg.tunnel.aqm.target_s, cfg.tunnel.aqm.interval_s) == (0.005, 0.1)
+    assert parse_config(mutate("cpe.yaml", "tunnel.aqm", "none"), "cpe.yaml").tunnel.aqm is None
+
+
+@pytest.mark.parametrize("aqm", ["codel", "none"])
+def test_tunnel_settings_survive_the_trip_to_a_worker(aqm: str) -> None:
+    from mptcp_tunnel.config import tunnel_from_wire, tunnel_to_wire
+
+    doc = mutate("bgw.yaml", "tunnel.aqm", aqm)
+    doc["tunnel"]["gro_interfaces"] = ["lan0"]
+    t = parse_config(doc, "bgw.yaml").tunnel
+    assert tunnel_from_wire(json.loads(json.dumps(tunnel_to_wire(t)))) == t

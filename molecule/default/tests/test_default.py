@@ -183,23 +183,32 @@ def test_boot_unit_restores_endpoints_and_rules_without_the_agent():
     wait_ping(CLIENT, SERVER4, within_s=45)
 
 
-def test_policy_change_reloads_without_dropping_the_connection(tmp_path):
-    """site.yml with policy=backup: the cellular endpoint gets the backup flag by a reload (SIGHUP);
-    the agent keeps its PID and its MPTCP connection; then the original policy is restored."""
+@pytest.mark.parametrize("policy", ["backup", "overflow"])
+def test_policy_change_reloads_without_dropping_the_connection(tmp_path, policy):
+    """site.yml with another policy: the cellular endpoint gets the backup flag by a reload (SIGHUP;
+    overflow keeps cellular out until the demand needs it); the agent keeps its PID and its MPTCP
+    connection and reports the new policy; then the original policy is restored the same way."""
     inventory = molecule_inventory_without(tmp_path)
-    pid = CPE.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip()
+    pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
     reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
+
+    def reloaded_in_place(play) -> None:
+        assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
+        assert not handler_changed(play.stdout, "mptcp_tunnel : Restart mptcp-tunnel")
+        assert CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}") == pid
+        assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
+
     try:
-        play = run_site(inventory, "--limit", "mtm-cpe1", "-e", "mptcp_tunnel_cpe_policy=backup")
+        play = run_site(inventory, "--limit", "mtm-cpe1", "-e", f"mptcp_tunnel_cpe_policy={policy}")
+        reloaded_in_place(play)
         eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
         assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
-        assert handler_changed(play.stdout, "mptcp_tunnel : Reload mptcp-tunnel")
-        if not handler_changed(play.stdout, "mptcp_tunnel : Restart mptcp-tunnel"):
-            assert CPE.run(f"systemctl show -P MainPID {AGENT_UNIT}").stdout.strip() == pid
-            assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
+        status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
+        assert status["policy"] == policy, status
         wait_ping(CLIENT, SERVER4)
     finally:
-        run_site(inventory, "--limit", "mtm-cpe1")
+        play = run_site(inventory, "--limit", "mtm-cpe1")
+    reloaded_in_place(play)
     eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
     assert not eps["10.2.0.1"].get("backup")
 

@@ -31,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
 from mptcp_tunnel import handshake as hs
-from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload
+from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload, tunnel_to_wire
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, EventLoop
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S  # the BGW applies it to the whole exchange
@@ -280,15 +280,11 @@ class BgwAgent:
         channel.send(ours, self._settings_message())
         self.loop.register(ours.fileno(), IN, lambda _e: self._on_worker(handle))
 
-    def _tunnel_dict(self) -> dict[str, Any]:
-        t = self.cfg.tunnel
-        return {k: getattr(t, k) for k in t.__dataclass_fields__}
-
     def _settings_message(self) -> dict[str, Any]:
         tls = self.cfg.tls
         return {
             "op": "settings",
-            "tunnel": self._tunnel_dict(),
+            "tunnel": tunnel_to_wire(self.cfg.tunnel),
             "tls": None if tls is None else {k: getattr(tls, k) for k in tls.__dataclass_fields__},
             "offload": self.offload,
         }

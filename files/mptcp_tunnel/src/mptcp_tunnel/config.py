@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from mptcp_tunnel.aqm import AqmSettings
 from mptcp_tunnel.linkstate import FailoverSettings
 from mptcp_tunnel.overflow import OverflowSettings
 
@@ -46,6 +47,24 @@ class TunnelSettings:
     workers: int = 0  # BGW worker processes; 0 = one per core
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
+    aqm: AqmSettings | None = field(default_factory=AqmSettings)  # None = byte bound only
+    subflow_sndbuf: Literal["auto", "kernel"] = "auto"  # auto: the subflows' windows, kernel: autotuning
+
+
+def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
+    """TunnelSettings as JSON-able values (the control process sends them to its workers)."""
+    return asdict(t)
+
+
+def tunnel_from_wire(d: dict[str, Any]) -> TunnelSettings:
+    aqm = d.get("aqm")
+    return TunnelSettings(
+        **{
+            **d,
+            "gro_interfaces": tuple(d.get("gro_interfaces", ())),
+            "aqm": AqmSettings(**aqm) if aqm else None,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,12 @@ class _Section:
             raise ConfigError(f"{self.key(name)}: {value} is out of range {lo}..{hi}")
         return float(value)
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(name)}: expected true or false, got {_kind(value)}")
+        return value
+
     def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.get(name, default, required=required)
         if not isinstance(value, str):
@@ -276,11 +301,25 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         workers=sec.integer("workers", 0, 0, 256),
         gro_interfaces=_interface_list(sec, "gro_interfaces"),
         encryption=sec.choice("encryption", "tls", ("tls", "none")),  # type: ignore[arg-type]
+        aqm=_aqm(sec),
+        subflow_sndbuf=sec.choice("subflow_sndbuf", "auto", ("auto", "kernel")),  # type: ignore[arg-type]
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:
         raise ConfigError(f"{sec.key('max_frame_bytes')}: {t.max_frame_bytes} is below mtu {t.mtu}")
     return t
+
+
+def _aqm(sec: _Section) -> AqmSettings | None:
+    kind = sec.choice("aqm", "codel", ("codel", "none"))
+    target = sec.number("aqm_target_ms", 5.0, 0.5, 1000.0)
+    interval = sec.number("aqm_interval_ms", 100.0, 1.0, 10000.0)
+    ecn = sec.boolean("ecn", True)
+    if kind == "none":
+        return None
+    if target >= interval:
+        raise ConfigError(f"{sec.key('aqm_target_ms')}: {target:g} is not below aqm_interval_ms {interval:g}")
+    return AqmSettings(target_s=target / 1000, interval_s=interval / 1000, ecn=ecn)
 
 
 def _links(sec: _Section) -> tuple[Link, ...]:

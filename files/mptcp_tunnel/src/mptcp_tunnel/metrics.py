@@ -89,6 +89,12 @@ QUEUE_DROPS = Counter(
     ["cpe"],
     registry=REGISTRY,
 )
+AQM_SIGNALS = Counter(
+    "mptcp_tunnel_aqm_signals",
+    "Packets CoDel dropped or ECN-marked (CE) because the tunnel's queue delay stayed above target",
+    ["cpe", "action"],
+    registry=REGISTRY,
+)
 TUN_WRITE_ERRORS = Counter(
     "mptcp_tunnel_tun_write_errors", "Packets the TUN device refused", ["cpe"], registry=REGISTRY
 )
@@ -167,7 +173,9 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
     """Add a session's counter increments (engine.session STAT_NAMES order) to the registry."""
     if not deltas:
         return
-    (tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b, stale) = deltas
+    (tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b, stale, adrops, amarks) = (
+        deltas
+    )
     if tx_p or tx_b:
         PACKETS.labels(cpe, "tx").inc(tx_p)
         BYTES.labels(cpe, "tx").inc(tx_b)
@@ -190,6 +198,10 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
         TUN_IO_BYTES.labels(cpe, "write").inc(wr_b)
     if stale:
         STALE_GSO_DROPS.labels(cpe).inc(stale)
+    if adrops:
+        AQM_SIGNALS.labels(cpe, "drop").inc(adrops)
+    if amarks:
+        AQM_SIGNALS.labels(cpe, "mark").inc(amarks)
 
 
 def serve(listen: tuple[str, int] | None) -> None:

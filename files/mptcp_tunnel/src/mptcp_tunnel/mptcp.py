@@ -148,6 +148,23 @@ def _sockaddr(raw: bytes, off: int) -> str:
     return ""
 
 
+def subflow_windows(sock: socket.socket) -> list[tuple[int, int]]:
+    """(congestion window in bytes = ``snd_cwnd * snd_mss``, smoothed RTT in µs) of each established
+    subflow."""
+    infos, n, size = _subflow_request(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)
+    base = _SUBFLOW_DATA.size
+    out = []
+    for i in range(n):
+        t = infos[base + i * size : base + (i + 1) * size].ljust(_TCP_INFO_SIZE, b"\0")
+        if t[0] != 1:  # TCP_ESTABLISHED
+            continue
+        (mss,) = struct.unpack_from("=I", t, 16)
+        (rtt,) = struct.unpack_from("=I", t, 68)
+        (cwnd,) = struct.unpack_from("=I", t, 80)
+        out.append((cwnd * mss, rtt))
+    return out
+
+
 def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
     """Per-subflow TCP state (MPTCP_TCPINFO) paired with addresses (MPTCP_SUBFLOW_ADDRS).
 

@@ -23,17 +23,20 @@ header of 21 536 bytes); the session ends with ``stream_stalled``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 
+from mptcp_tunnel.aqm import CoDel, SendBufferSizer, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, subflow_windows
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tls import TlsChannel, TlsError
 from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
@@ -44,7 +47,10 @@ DEAD_AFTER_KEEPALIVES = 3
 MAX_BATCH_PACKETS = 64
 RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
+_INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
+SIZE_AFTER_BYTES = 65536  # an idle session's send buffer is left alone (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 
 # Counter slots of a session (Session.stats); the worker reports their deltas.
@@ -62,7 +68,9 @@ ZERO_VNET = bytes(VNET_HDR_LEN)
     TUN_WRITES,
     TUN_WRITE_BYTES,
     STALE_GSO_DROPS,
-) = range(13)
+    AQM_DROPS,
+    AQM_MARKS,
+) = range(15)
 STAT_NAMES = (
     "tx_packets",
     "tx_bytes",
@@ -77,6 +85,8 @@ STAT_NAMES = (
     "tun_writes",
     "tun_write_bytes",
     "stale_gso_drops",
+    "aqm_drops",
+    "aqm_marks",
 )
 
 
@@ -143,6 +153,12 @@ class Session:
         self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
         self._bounded = tunnel.queue_bytes > 0
+        # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
+        self._aqm = CoDel(tunnel.aqm) if self._bounded and tunnel.aqm is not None else None
+        self._clock = SojournClock()
+        self._sizer = SendBufferSizer() if tunnel.subflow_sndbuf == "auto" else None
+        self._sized_at = 0  # bytes written when the send buffer was last looked at
+        self._path_s = 0.0  # the slowest subflow's smoothed RTT, refreshed with the send buffer
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
@@ -190,6 +206,8 @@ class Session:
             return
         if now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
+        if self._clock.written - self._sized_at > SIZE_AFTER_BYTES:
+            self._size_send_buffer()
         if check_info and not self.ended:
             try:
                 subflows = mptcp_info(self.sock).subflows
@@ -200,6 +218,21 @@ class Session:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
                 pass
+
+    def _size_send_buffer(self) -> None:
+        """Give the subflows their windows' worth of buffer (not the megabytes autotuning would):
+        the backlog then waits in the connection's queue, bounded in bytes, and CoDel sees how long
+        data waits in all of them. Also refreshes the paths' RTT that the sojourn time excludes."""
+        self._sized_at = self._clock.written
+        try:
+            windows = subflow_windows(self.sock)
+            if windows:
+                self._path_s = max(rtt for _, rtt in windows) / 1e6
+            value = self._sizer.update([w for w, _ in windows]) if self._sizer is not None else None
+            if value is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, value)
+        except OSError:
+            pass
 
     # --- PtoS: TUN -> stream -----------------------------------------------------------------------
     def _on_tun(self, _events: int) -> None:
@@ -250,8 +283,31 @@ class Session:
             if batch.add(len(seg), monotonic()) or off > limit:
                 break
         if segments:
-            self._send_segments(segments, lengths)
+            if self._aqm is not None:
+                self._manage_queue(segments, lengths)
+            if segments:
+                self._send_segments(segments, lengths)
             batch.flushed()
+
+    def _manage_queue(self, segments: list[memoryview], lengths: list[int]) -> None:
+        """CoDel: when the queue's head has waited too long, mark (ECN CE) or drop one packet."""
+        aqm = self._aqm
+        assert aqm is not None
+        if not self._path_s:  # the paths' RTT is not known yet (the first second of traffic)
+            return
+        try:
+            outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        now = time.monotonic()
+        sojourn = self._clock.sojourn(now, outstanding, self._path_s)
+        if not aqm.decide(now, sojourn, outstanding + len(self._tx_tail)):
+            return
+        if aqm.settings.ecn and mark_ce(segments[0], self.stream_hdr):
+            self.stats[AQM_MARKS] += 1
+            return
+        del segments[0], lengths[0]
+        self.stats[AQM_DROPS] += 1
 
     def _drop_from_tun(self) -> None:
         """The socket still owes part of a packet: what arrives now is dropped (a full router queue)."""
@@ -307,12 +363,14 @@ class Session:
         if self.tls is not None:
             return self._send_tls(segments)
         try:
-            return self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
+            sent = self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return 0
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
+        self._clock.wrote(sent, time.monotonic())
+        return sent
 
     def _send_tls(self, segments: list[memoryview]) -> int:
         """All of a batch goes into TLS at once; ciphertext the socket does not take waits in _tx_tail
@@ -340,6 +398,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
+        self._clock.wrote(sent, time.monotonic())
         if sent < len(data):
             self._tx_tail = data[sent:]
             self.loop.modify(self.sock_fd, IN | OUT)
@@ -353,6 +412,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
+        self._clock.wrote(n, time.monotonic())
         self._tx_tail = tail[n:]
         if not self._tx_tail:
             self.loop.modify(self.sock_fd, IN)

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from mptcp_tunnel import handshake as hs
-from mptcp_tunnel.config import ConfigError, IPNetwork, TlsSettings, TunnelSettings
+from mptcp_tunnel.config import ConfigError, IPNetwork, TlsSettings, TunnelSettings, tunnel_from_wire
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
@@ -117,7 +117,7 @@ class Worker:
     def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message["op"]
         if op == "settings":
-            self.tunnel = TunnelSettings(**message["tunnel"])
+            self.tunnel = tunnel_from_wire(message["tunnel"])
             if len(self.buffers.tx) < self.tunnel.batch_bytes + 65545:
                 self.buffers = Buffers(self.tunnel.batch_bytes)
             self.offered = hs.Feature.VNET_HDR if message.get("offload") else hs.Feature.NONE

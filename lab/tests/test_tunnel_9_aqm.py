@@ -1,0 +1,83 @@
+"""CoDel on the tunnel's queue (issue 9, latency under load): a standing queue behind bulk flows is
+signalled to the inner flows - CE marks on ECN-capable packets that reach the receiver, drops for
+the rest - and the queue's byte bound alone no longer decides."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from mtlab import Lab, address
+from mtlab.measure import iperf3
+
+SIGNALS = "mptcp_tunnel_aqm_signals_total"
+CE_TABLE = "mtaqm"
+
+
+def _signals(lab: Lab, action: str) -> float:
+    return sum(
+        v
+        for k, v in lab.metrics("bgw").items()
+        if k.startswith(SIGNALS + "{") and f'action="{action}"' in k
+    )
+
+
+def _ce_received(lab: Lab) -> int:
+    out = lab.exec("client", ["nft", "list", "table", "inet", CE_TABLE]).stdout
+    m = re.search(r"counter packets (\d+)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+@pytest.fixture
+def ce_counter(tunnel: Lab) -> Iterator[Lab]:
+    """Counts CE-marked packets arriving at the client; the client's TCP asks for ECN only here."""
+    lab = tunnel
+    rules = (
+        f"table inet {CE_TABLE} {{\n chain input {{\n"
+        "  type filter hook input priority 0; policy accept;\n  ip ecn ce counter\n }\n}\n"
+    )
+    lab.exec("client", ["nft", "-f", "-"], input=rules)
+    try:
+        yield lab
+    finally:
+        lab.exec("client", ["nft", "delete", "table", "inet", CE_TABLE], check=False)
+        lab.exec("client", ["sysctl", "-qw", "net.ipv4.tcp_ecn=2"], check=False)
+
+
+def _download(lab: Lab) -> float:
+    """8 cubic flows server -> client for 10 s: enough to keep a standing queue at the BGW."""
+    got = iperf3(
+        lab,
+        "client",
+        "server",
+        address("server", "eth0"),
+        seconds=10,
+        omit=0,
+        reverse=True,
+        extra=["-P", "8", "-C", "cubic"],
+    )
+    return got.mbps
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ecn", [True, False], ids=["ecn", "not-ect"])
+def test_a_standing_queue_is_signalled_by_marks_or_drops(ce_counter: Lab, ecn: bool) -> None:
+    lab = ce_counter
+    lab.exec("client", ["sysctl", "-qw", f"net.ipv4.tcp_ecn={1 if ecn else 0}"])
+    before = (_signals(lab, "mark"), _signals(lab, "drop"), _ce_received(lab))
+    mbps = _download(lab)
+    marks = _signals(lab, "mark") - before[0]
+    drops = _signals(lab, "drop") - before[1]
+    ce = _ce_received(lab) - before[2]
+    print(f"ecn={ecn}: {mbps:.1f} Mbit/s, BGW CoDel marks {marks:.0f}, drops {drops:.0f}, CE {ce}")
+    assert mbps > 10, "the download itself must work"
+    if ecn:
+        assert marks > 0, "CoDel never marked under 8 bulk flows"
+        assert ce >= 1, "marks never reached the receiver"
+        assert drops <= marks, "ECN-capable traffic should be marked, not dropped"
+    else:
+        assert drops > 0, "CoDel never dropped under 8 bulk flows"
+        assert marks == 0 and ce == 0, "Not-ECT packets must never carry CE"
