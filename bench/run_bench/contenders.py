@@ -65,7 +65,7 @@ def path_of(contender: str) -> Path:
         return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
     if contender == "mptcp-tunnel":
         return Path("client", "server", SERVER, None, "mptcp")
-    if contender == "mptcp-tunnel-noaqm":  # the byte bound only, subflow buffers autotuned (before)
+    if contender == "mptcp-tunnel-noaqm":  # the byte bound only (the agent before CoDel)
         return Path("client", "server", SERVER, None, "mptcp-noaqm")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
@@ -115,7 +115,7 @@ class Agents:
                 cfg["tunnel"]["encryption"] = "tls" if tls else "none"
             elif mode == "mptcp-noaqm":
                 cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {}).update(aqm="none", subflow_sndbuf="kernel")
+                cfg.setdefault("tunnel", {})["aqm"] = "none"
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)

@@ -12,7 +12,6 @@ from packets import ipv4, ipv6
 from mptcp_tunnel.aqm import (
     AqmSettings,
     CoDel,
-    SendBufferSizer,
     SojournClock,
     ecn_capable,
     mark_ce,
@@ -51,15 +50,6 @@ def test_sojourn_clamps_an_outstanding_count_larger_than_what_was_written() -> N
     clock = SojournClock()
     clock.wrote(100, 1.0)
     assert clock.sojourn(1.5, outstanding=10_000) == 0.5  # e.g. a handshake's bytes counted too
-
-
-def test_send_buffer_follows_the_largest_window_and_ignores_small_changes() -> None:
-    sizer = SendBufferSizer(headroom=0.6, floor=65536)
-    assert sizer.update([]) is None
-    assert sizer.update([100_000, 400_000]) == 240_000
-    assert sizer.update([100_000, 420_000]) is None  # within 1/8: no syscall
-    assert sizer.update([100_000, 1_000_000]) == 600_000
-    assert sizer.update([10_000]) == 65536  # never below the floor
 
 
 def test_codel_lets_a_short_burst_pass() -> None:

@@ -75,7 +75,6 @@ DELETE = object()
         ("bgw.yaml", "bgw.cpes.0.prefixes", [], "bgw.cpes[0].prefixes: expected a non-empty list"),
         ("bgw.yaml", "bgw.listen_address", "any", "bgw.listen_address: 'any' is not an IP address"),
         ("bgw.yaml", "tunnel.aqm", "red", "tunnel.aqm: 'red' is not one of codel, none"),
-        ("cpe.yaml", "tunnel.subflow_sndbuf", 65536, "tunnel.subflow_sndbuf: expected a string, got int"),
         ("cpe.yaml", "tunnel.ecn", "yes", "tunnel.ecn: expected true or false, got str"),
         ("cpe.yaml", "tunnel.aqm_target_ms", 100, "tunnel.aqm_target_ms: 100 is not below aqm_interval_ms"),
     ],

@@ -19,14 +19,6 @@ Two parts, both without I/O:
   (as PIE and Linux's fq_codel on a hardware queue do in effect) is equivalent for the sender: the
   signal reaches the inner flow one queue-length earlier, not later.
 
-:class:`SendBufferSizer` keeps the queue where CoDel can see it. The MPTCP scheduler moves data from
-the connection's queue into the subflows' own send queues as long as they have buffer space, and
-kernel autotuning gives each subflow megabytes: under 8 bulk flows in the lab, 200-350 KB sat unsent
-*in the subflows* (ping p50 583 ms through a 50 ms path) while the connection-level queue looked
-empty. Sizing the send buffer (``SO_SNDBUF`` on the MPTCP socket applies to every subflow) from the
-largest subflow's congestion window leaves the subflows just their window plus headroom to grow,
-and the rest waits in the connection's queue, bounded and managed.
-
 :func:`mark_ce` sets ECN CE on an ECN-capable inner IPv4/IPv6 packet, as any router may.
 """
 
@@ -129,33 +121,6 @@ class CoDel:
         self._drop_next = self._control_law(now)
         self.signals += 1
         return True
-
-
-class SendBufferSizer:
-    """The ``SO_SNDBUF`` value for the MPTCP socket from its subflows' windows (bytes in flight).
-
-    ``update(windows)`` with each established subflow's ``cwnd * mss``; returns a new value to set, or
-    None when the current one is close enough (within 1/8) - so a steady flow costs no syscall. The
-    kernel doubles the value (its skb overhead is far less than that with 64 KB segments), so
-    ``headroom`` 0.6 leaves each subflow about 1.2 windows of data: room for the window to grow
-    until the next update (about a second later), little to wait behind it.
-    """
-
-    def __init__(self, headroom: float = 0.6, floor: int = 65536, ceiling: int = 32 << 20) -> None:
-        self.headroom = headroom
-        self.floor = floor
-        self.ceiling = ceiling
-        self.value = 0  # 0 = not set yet: the kernel's autotuning
-
-    def update(self, windows: list[int]) -> int | None:
-        if not windows:
-            return None
-        want = int(max(windows) * self.headroom)
-        want = max(self.floor, min(self.ceiling, want))
-        if self.value and abs(want - self.value) * 8 < self.value:
-            return None
-        self.value = want
-        return want
 
 
 def ecn_capable(packet: memoryview | bytearray, offset: int = 0) -> bool:

@@ -48,7 +48,6 @@ class TunnelSettings:
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
     aqm: AqmSettings | None = field(default_factory=AqmSettings)  # None = byte bound only
-    subflow_sndbuf: Literal["auto", "kernel"] = "auto"  # auto: the subflows' windows, kernel: autotuning
 
 
 def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
@@ -302,7 +301,6 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         gro_interfaces=_interface_list(sec, "gro_interfaces"),
         encryption=sec.choice("encryption", "tls", ("tls", "none")),  # type: ignore[arg-type]
         aqm=_aqm(sec),
-        subflow_sndbuf=sec.choice("subflow_sndbuf", "auto", ("auto", "kernel")),  # type: ignore[arg-type]
     )
     sec.finish()
     if t.max_frame_bytes < t.mtu:

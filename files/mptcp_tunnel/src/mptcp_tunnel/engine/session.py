@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from mptcp_tunnel.aqm import CoDel, SendBufferSizer, SojournClock, mark_ce
+from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
@@ -50,7 +50,7 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
 _INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
-SIZE_AFTER_BYTES = 65536  # an idle session's send buffer is left alone (no syscalls for 10 000 idle CPEs)
+RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 
 # Counter slots of a session (Session.stats); the worker reports their deltas.
@@ -156,9 +156,8 @@ class Session:
         # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
         self._aqm = CoDel(tunnel.aqm) if self._bounded and tunnel.aqm is not None else None
         self._clock = SojournClock()
-        self._sizer = SendBufferSizer() if tunnel.subflow_sndbuf == "auto" else None
-        self._sized_at = 0  # bytes written when the send buffer was last looked at
-        self._path_s = 0.0  # the slowest subflow's smoothed RTT, refreshed with the send buffer
+        self._rtt_at = 0  # bytes written when the paths' RTT was last read
+        self._path_s = 0.0  # the slowest subflow's smoothed RTT (what the sojourn time excludes)
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
@@ -206,8 +205,8 @@ class Session:
             return
         if now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
-        if self._clock.written - self._sized_at > SIZE_AFTER_BYTES:
-            self._size_send_buffer()
+        if self._aqm is not None and self._clock.written - self._rtt_at > RTT_AFTER_BYTES:
+            self._read_path_rtt()
         if check_info and not self.ended:
             try:
                 subflows = mptcp_info(self.sock).subflows
@@ -219,20 +218,16 @@ class Session:
             except OSError:
                 pass
 
-    def _size_send_buffer(self) -> None:
-        """Give the subflows their windows' worth of buffer (not the megabytes autotuning would):
-        the backlog then waits in the connection's queue, bounded in bytes, and CoDel sees how long
-        data waits in all of them. Also refreshes the paths' RTT that the sojourn time excludes."""
-        self._sized_at = self._clock.written
+    def _read_path_rtt(self) -> None:
+        """The slowest subflow's smoothed RTT: a byte the kernel holds has waited in the send queues
+        for its age less one round trip (MPTCP_TCPINFO, about once a second while data flows)."""
+        self._rtt_at = self._clock.written
         try:
             windows = subflow_windows(self.sock)
-            if windows:
-                self._path_s = max(rtt for _, rtt in windows) / 1e6
-            value = self._sizer.update([w for w, _ in windows]) if self._sizer is not None else None
-            if value is not None:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, value)
         except OSError:
-            pass
+            return
+        if windows:
+            self._path_s = max(rtt for _, rtt in windows) / 1e6
 
     # --- PtoS: TUN -> stream -----------------------------------------------------------------------
     def _on_tun(self, _events: int) -> None:
