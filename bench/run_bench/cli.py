@@ -15,6 +15,7 @@ from run_bench.results import RESULTS_DIR, SCENARIOS, STANDALONE, Progress, Scen
 ORDER = (
     "fig8_aggregation",
     "fig9_cell_rtt",
+    "fig9_varying",
     "fig10_fixed_loss",
     "many_flows",
     "latency",
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         "--seconds", type=int, default=None, help="seconds per run in Fig. 9/10 (default 30)"
     )
     p.add_argument("--cc", default="cubic", help="end hosts' TCP congestion control (iperf3 -C)")
+    p.add_argument(
+        "--trace",
+        default=None,
+        help="fig9_varying: the cellular rate trace (mtlab.trace spec: walk:... or file:PATH,...)",
+    )
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     p.add_argument(
         "--fleet-sizes", default=None, help="fleet_scale: comma-separated N (default 1000,10000)"
@@ -90,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print("run_bench: --fleet-sizes takes integers, e.g. 1000,10000", file=sys.stderr)
             return 2
+    if args.trace is not None:
+        import dataclasses
+
+        from mtlab.trace import FileSpec, TraceError, parse_spec
+
+        try:
+            spec = parse_spec(args.trace)
+        except TraceError as exc:
+            print(f"run_bench: --trace: {exc}", file=sys.stderr)
+            return 2
+        if spec is None:
+            print("run_bench: --trace: fig9_varying needs a trace, not 'none'", file=sys.stderr)
+            return 2
+        if isinstance(spec, FileSpec):
+            spec = dataclasses.replace(spec, path=spec.path.resolve())
+        settings.varying_trace = spec.text()
     settings.fleet_workers = args.fleet_workers
     settings.fleet_offload = args.fleet_offload
     chosen = [s for s in ORDER if s in chosen]

@@ -12,6 +12,8 @@ PAPER = {
     "throughput, MPTCP Tunnel 59.3 %.",
     "fig9": "Paper (Fig. 9): the tunnel's decrease is 25.5 % / 12.5 % of HYA's as RTT grows.",
 }
+# Curves of the trace plot: at most this many seconds of the first repetition's trace.
+TRACE_PLOT_S = 60
 ORDER = ("fixed-only", "cellular-only", "raw-mptcp", "mptcp-tunnel", "hya-1:1", "hya-2:1")
 
 
@@ -35,8 +37,13 @@ def _header(data: dict[str, Any]) -> list[str]:
         if link.get("rate_mbit") is None:
             parts.append(f"{name}: unshaped")
             continue
+        rate = (
+            f"rate trace `{link['rate_trace']}`"
+            if link.get("rate_trace")
+            else f"{link['rate_mbit']:g} Mbit/s"
+        )
         parts.append(
-            f"{name} {link['rate_mbit']:g} Mbit/s, RTT {link['rtt_ms']:g} ms"
+            f"{name} {rate}, RTT {link['rtt_ms']:g} ms"
             f" (measured {_fmt(link.get('measured_rtt_ms'), 1)}), loss {link['loss_pct']:g} %"
         )
     s = data.get("settings", {})
@@ -57,9 +64,12 @@ def _sweep_table(data: dict[str, Any]) -> list[str]:
     contenders = _contenders(points)
     xs = sorted({p["x"] for p in points})
     x_name = points[0]["x_name"] if points else "x"
+    traced = any("trace_mean_mbps" in p for p in points)
     lines = [
-        f"| {x_name} | " + " | ".join(f"{c} (Mbit/s)" for c in contenders) + " |",
-        "|---:|" + "---:|" * len(contenders),
+        f"| {x_name} | "
+        + " | ".join(f"{c} (Mbit/s)" for c in contenders)
+        + (" | cellular trace mean (Mbit/s) |" if traced else " |"),
+        "|---:|" + "---:|" * (len(contenders) + traced),
     ]
     for x in xs:
         row = [f"{x:g}"]
@@ -70,7 +80,52 @@ def _sweep_table(data: dict[str, Any]) -> list[str]:
                 if p is None or p["mean_mbps"] is None
                 else f"{p['mean_mbps']:.2f} ± {p['std_mbps']:.2f}"
             )
+        if traced:
+            means = [
+                m
+                for q in points
+                if q["x"] == x
+                for m in q.get("trace_mean_mbps_runs", [])
+                if m is not None
+            ]
+            row.append(_fmt(sum(means) / len(means) if means else None))
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _paired_ratios(data: dict[str, Any]) -> list[str]:
+    """Tunnel / best HYA per repetition: repetition k of every contender met the same trace."""
+    lines = []
+    for x in sorted({p["x"] for p in data["points"]}):
+        pts = {p["contender"]: p for p in data["points"] if p["x"] == x}
+        tunnel = pts.get("mptcp-tunnel", {})
+        hyas = [pts[c] for c in ("hya-1:1", "hya-2:1") if c in pts]
+        if not tunnel or not hyas:
+            continue
+        ratios = []
+        for k, spec in enumerate(tunnel.get("trace_specs", [])):
+            rivals = [
+                h["runs_mbps"][h["trace_specs"].index(spec)]
+                for h in hyas
+                if spec in h.get("trace_specs", [])
+            ]
+            if k < len(tunnel["runs_mbps"]) and rivals and max(rivals) > 0:
+                ratios.append(f"{tunnel['runs_mbps'][k] / max(rivals):.2f}")
+        if ratios:
+            lines.append(
+                f"- Tunnel / best HYA on the same trace, per repetition, at {x:g} ms:"
+                f" {', '.join(ratios)}."
+            )
+        lows = []
+        for c in _contenders(list(pts.values())):
+            runs = [min(ys[1:]) for ys in pts[c].get("series_mbps", []) if len(ys) > 1]
+            if runs:
+                lows.append(f"{c} {', '.join(f'{v:.1f}' for v in runs)}")
+        if lows:
+            lines.append(
+                f"- Lowest 1 s goodput after the first second, per repetition, at {x:g} ms"
+                f" (Mbit/s): {'; '.join(lows)}."
+            )
     return lines
 
 
@@ -157,7 +212,7 @@ def markdown(out_dir: Path) -> str:
             continue
         lines += _header(data)
         lines.append("")
-        if scenario in ("fig9_cell_rtt", "fig10_fixed_loss"):
+        if scenario in ("fig9_cell_rtt", "fig9_varying", "fig10_fixed_loss"):
             lines += _sweep_table(data)
         elif scenario == "many_flows":
             lines += [
@@ -250,6 +305,8 @@ def markdown(out_dir: Path) -> str:
                 )
         else:
             lines += _simple_table(data, [])
+        if scenario == "fig9_varying":
+            lines += ["", *_paired_ratios(data)]
         if data.get("notes"):
             lines.append("")
             lines += [f"- {n}" for n in data["notes"]]
@@ -310,6 +367,9 @@ def plots(out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         made.append(_save(fig, out_dir / f"{scenario}.png", plt))
+    varying = load(out_dir, "fig9_varying")
+    if varying:
+        made.append(_varying_plot(varying, out_dir, plt))
     flows = load(out_dir, "many_flows")
     if flows:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -346,6 +406,54 @@ def plots(out_dir: Path) -> list[Path]:
         ax.legend()
         made.append(_save(fig, out_dir / "latency.png", plt))
     return made
+
+
+def _varying_plot(data: dict[str, Any], out_dir: Path, plt: Any) -> Path:
+    """Top: the cellular rate trace each contender met (first repetition, largest RTT) and what
+    each got; bottom: mean throughput vs cellular RTT, as Fig. 9."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
+    points = data["points"]
+    xs = sorted({p["x"] for p in points})
+    if xs:
+        at = [p for p in points if p["x"] == xs[-1]]
+        drawn = False
+        for p in at:
+            if not drawn and p.get("trace_series_mbps"):
+                ts = p["trace_series_mbps"][0][:TRACE_PLOT_S]
+                top.step(
+                    range(1, len(ts) + 1), ts, where="pre", color="k", label="cellular (1 s means)"
+                )
+                top.axhline(10.0, color="grey", lw=0.8, ls=":", label="fixed (static)")
+                drawn = True
+            if p.get("series_mbps"):
+                ys = p["series_mbps"][0][:TRACE_PLOT_S]
+                top.plot(range(1, len(ys) + 1), ys, marker=".", lw=1, label=p["contender"])
+        top.set_title(f"First repetition at cellular RTT {xs[-1]:g} ms (per second)")
+        top.set_xlabel("time (s)")
+        top.set_ylabel("Mbit/s")
+        top.set_ylim(bottom=0)
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7, ncol=3)
+    for c in _contenders(points):
+        pts = sorted(
+            (p for p in points if p["contender"] == c and p["mean_mbps"] is not None),
+            key=lambda p: p["x"],
+        )
+        bottom.errorbar(
+            [p["x"] for p in pts],
+            [p["mean_mbps"] for p in pts],
+            yerr=[p["std_mbps"] for p in pts],
+            marker="o",
+            capsize=3,
+            label=c,
+        )
+    bottom.set_xlabel("cellular RTT (ms)")
+    bottom.set_ylabel("throughput (Mbit/s)")
+    bottom.set_title("Fig. 9 with the cellular rate on a trace")
+    bottom.set_ylim(bottom=0)
+    bottom.grid(alpha=0.3)
+    bottom.legend()
+    return _save(fig, out_dir / "fig9_varying.png", plt)
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:

@@ -17,6 +17,7 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 SCENARIOS = (
     "fig8_aggregation",
     "fig9_cell_rtt",
+    "fig9_varying",
     "fig10_fixed_loss",
     "many_flows",
     "datapath_ceiling",

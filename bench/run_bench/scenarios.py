@@ -1,4 +1,4 @@
-"""The six scenarios of issue 4 (paper §6 plus our own datapath checks)."""
+"""The six scenarios of issue 4 (paper §6 plus our own datapath checks) and the runner table."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from run_bench.lockout import lockout
 from run_bench.overflow_bench import overflow
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 from run_bench.security import fuzz, tls_handshakes
+from run_bench.varying import fig9_varying
 
 DEFAULT_LINKS = {
     "fixed": {"rate_mbit": 10.0, "delay_ms": 25.0, "loss_pct": 0.0},
@@ -78,6 +79,7 @@ class Settings:
     fairness_pings: int = 200
     fairness_victim_mbit: float = 10.0
     fairness_delay_ms: float = 25.0
+    varying_trace: str = "walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000"  # fig9_varying
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
@@ -107,6 +109,7 @@ class Settings:
         return {
             "fig8_aggregation": 3 * r,
             "fig9_cell_rtt": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
+            "fig9_varying": len(self.fig9_cell_rtts) * len(self.fig9_contenders) * r,
             "fig10_fixed_loss": len(self.fig10_fixed_losses) * len(self.fig10_contenders) * r,
             "many_flows": len(self.flows) * len(self.flows_contenders) * len(self.flows_ccs) * r,
             "datapath_ceiling": 4 * r,
@@ -676,6 +679,7 @@ def _bulk(
 RUNNERS: dict[str, Runner] = {
     "fig8_aggregation": fig8_aggregation,
     "fig9_cell_rtt": fig9_cell_rtt,
+    "fig9_varying": fig9_varying,
     "fig10_fixed_loss": fig10_fixed_loss,
     "many_flows": many_flows,
     "latency": latency,

@@ -22,6 +22,8 @@ Python API (root required)::
     lab.set_link("fixed", rate_mbit=20, delay_ms=10, loss_pct=1.0)   # at runtime, both directions
     lab.links["fixed"]                                      # current LinkParams
     lab.cut("fixed"); lab.restore("fixed")                  # 100 % drop both ways / back
+    lab.start_trace("cellular", "walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000")  # rate trace
+    lab.trace_record("cellular")     # [(monotonic s, Mbit/s), ...] as applied; stop_trace() ends it
     lab.link_bytes("cellular")       # {"up": cpe->bgw tx bytes, "down": bgw->cpe tx bytes}
     lab.start_agents(); lab.stop_agent("bgw"); lab.restart_agent("bgw"); lab.agent_alive("cpe")
     cfg = lab.agent_config("cpe"); cfg["cpe"]["policy"] = "backup"
@@ -31,7 +33,8 @@ Python API (root required)::
     lab.down(); lab.leftovers()      # everything gone -> []
 
 ``mtlab.measure`` runs iperf3 between lab hosts; ``mtlab.demo`` is ``make demo``.
-Command line: ``python -m mtlab up [--no-agents] | down | status | set LINK ... | demo``.
+Command line: ``python -m mtlab up [--no-agents] | down | status | set LINK ... [--trace SPEC|none]
+| demo``.
 """
 
 from .lab import Lab, LabError, LinkParams

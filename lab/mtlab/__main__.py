@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--loss-pct", type=float)
     st.add_argument("--cut", action="store_true")
     st.add_argument("--restore", action="store_true")
+    st.add_argument(
+        "--trace",
+        metavar="SPEC",
+        help="rate follows a trace: walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000 |"
+        " file:PATH[,interval_ms=1000,mean=M] (Mahimahi format) | none (back to the static rate)",
+    )
     args = parser.parse_args(argv)
 
     lab = Lab()
@@ -62,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "set":
             if not lab.is_up():
                 raise LabError("the lab is not up (make lab-up)")
+            if args.trace is not None and args.trace.strip() == "none":
+                lab.stop_trace(args.link)
             p = lab.set_link(
                 args.link, rate_mbit=args.rate_mbit, delay_ms=args.delay_ms, loss_pct=args.loss_pct
             )
+            if args.trace is not None and args.trace.strip() != "none":
+                lab.start_trace(args.link, args.trace)
             if args.cut:
                 lab.cut(args.link)
             if args.restore:

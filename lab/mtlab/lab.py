@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from . import procs, shaping, topology
+from . import procs, shaping, topology, trace
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_DIR = REPO / "lab"
@@ -37,6 +37,7 @@ class LinkParams:
     loss_pct: float = 0.0  # each direction, dropped at the receiver's ingress
     queue_ms: float = 50.0  # tbf queue length, in time at the link rate
     cut: bool = False
+    trace: str | None = None  # rate trace being played (mtlab.trace spec), else the static rate
 
 
 def default_links() -> dict[str, LinkParams]:
@@ -98,6 +99,8 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, tc, nftables)")
         self.down()
+        for p in self.links.values():
+            p.trace = None  # down() stopped any trace player
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             topology.build(self.names)
@@ -243,6 +246,10 @@ class Lab:
     ) -> LinkParams:
         """Change an access link (``fixed``/``cellular``) at runtime; unset values stay."""
         p = self._params(name)
+        if p.trace is not None and (rate_mbit is not None or queue_ms is not None):
+            raise LabError(
+                f"{name}: a rate trace is playing ({p.trace}); stop it first (--trace none)"
+            )
         for key, value in (
             ("rate_mbit", rate_mbit),
             ("delay_ms", delay_ms),
@@ -294,7 +301,8 @@ class Lab:
         p = self._params(name)
         for end in self._ends(name):
             ns = self.ns(end.role)
-            shaping.set_rate(ns, end.ifname, p.rate_mbit, p.queue_ms)
+            if p.trace is None or initial:  # else the trace player owns the rate
+                shaping.set_rate(ns, end.ifname, p.rate_mbit, p.queue_ms)
             if initial:
                 shaping.nft_ensure_chain(ns, end.ifname)
             if self.delay_mode == "netem":
@@ -339,6 +347,85 @@ class Lab:
                 raise LabError(f"delayer {name} did not start: {self.log(name).strip()[-300:]}")
             time.sleep(0.05)
         shaping.nfqueue_rule(ns, end.ifname, QUEUE_NUM[link])
+
+    # ------------------------------------------------------------------ rate traces
+    def start_trace(self, name: str, spec: str) -> str:
+        """Let the link's rate follow ``spec`` (``mtlab.trace``: ``walk:...``, ``file:PATH,...``;
+        ``none`` stops a trace). A running trace is replaced: the new one starts from its
+        beginning, so the same spec always plays the same rates from now on. Returns the spec
+        in full (defaults filled in)."""
+        p = self._params(name)
+        try:
+            parsed = trace.parse_spec(spec)
+            if isinstance(parsed, trace.FileSpec):
+                parsed = trace.FileSpec(
+                    parsed.path.resolve(), parsed.interval_ms, parsed.mean, parsed.min
+                )
+                trace.file_steps(parsed)  # a bad file fails here, with its line
+        except trace.TraceError as exc:
+            raise LabError(str(exc)) from None
+        if parsed is None:
+            self.stop_trace(name)
+            return "none"
+        self.stop_trace(name)
+        record = self._trace_file(name)
+        record.write_text("")
+        argv = self.python(
+            "mtlab.traceplayer",
+            "--spec",
+            parsed.text(),
+            "--queue-ms",
+            str(p.queue_ms),
+            "--record",
+            str(record),
+        )
+        for end in self._ends(name):
+            argv += ["--end", f"{self.ns(end.role)}:{end.ifname}"]
+        pname = f"trace-{name}"
+        seen = self.log(pname).count("traceplayer: playing")
+        self.popen("cpe", argv, pname)
+        deadline = time.monotonic() + 10
+        while self.log(pname).count("traceplayer: playing") <= seen:
+            if not self.alive(pname) or time.monotonic() > deadline:
+                log = self.log(pname).strip()[-300:]
+                self.stop(pname)
+                raise LabError(f"trace player for {name} did not start: {log}")
+            time.sleep(0.02)
+        p.trace = parsed.text()
+        self._save()
+        return p.trace
+
+    def stop_trace(self, name: str) -> None:
+        """Stop the link's trace player (if any) and put the static rate back on both ends."""
+        p = self._params(name)
+        self.stop(f"trace-{name}")
+        for end in self._ends(name):
+            shaping.set_rate(self.ns(end.role), end.ifname, p.rate_mbit, p.queue_ms)
+        if p.trace is not None:
+            p.trace = None
+            self._save()
+
+    def trace_record(self, name: str) -> list[tuple[float, float]]:
+        """What rate was in force when, as the player applied it: ``[(monotonic s, Mbit/s)]``.
+        A stop (``stop_trace``) appears as the link's static rate from that time."""
+        out: list[tuple[float, float]] = []
+        try:
+            lines = self._trace_file(name).read_text().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if item.get("stop"):
+                out.append((float(item["t"]), self._params(name).rate_mbit))
+            else:
+                out.append((float(item["t"]), float(item["rate_mbit"])))
+        return out
+
+    def _trace_file(self, name: str) -> Path:
+        return self.state_dir / f"trace-{name}.jsonl"
 
     def link_bytes(self, name: str) -> dict[str, int]:
         """Bytes sent each way on an access link so far: ``{"up": cpe->bgw, "down": bgw->cpe}``."""

@@ -118,3 +118,21 @@ def nfqueue_rule(ns: str, ifname: str, queue: int) -> None:
                 str(queue),
             ],
         )
+
+
+def tbf_state(ns: str, ifname: str) -> dict[str, float]:
+    """The root tbf's rate (Mbit/s) and counters (``packets``, ``drops``) on ``ifname``."""
+    with IPRoute(netns=ns) as ipr:
+        idx = _index(ipr, ifname)
+        for q in ipr.get_qdiscs(index=idx):
+            if q.get_attr("TCA_KIND") != "tbf":
+                continue
+            parms = q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")
+            queue = dict(q.get_attr("TCA_STATS2").get_attr("TCA_STATS_QUEUE"))
+            basic = dict(q.get_attr("TCA_STATS2").get_attr("TCA_STATS_BASIC"))
+            return {
+                "rate_mbit": parms["rate"] * 8 / 1e6,
+                "packets": basic["packets"],
+                "drops": queue["drops"],
+            }
+    raise RuntimeError(f"no tbf on {ifname} in {ns}")

@@ -79,6 +79,7 @@ def default_links(lab: Lab) -> Iterator[Lab]:
     """Restores the default link parameters (and un-cuts) after a test that changes them."""
     yield lab
     for name in ("fixed", "cellular"):
+        lab.stop_trace(name)
         lab.restore(name)
     lab.set_link("fixed", rate_mbit=10, delay_ms=25, loss_pct=0, queue_ms=50)
     lab.set_link("cellular", rate_mbit=5, delay_ms=25, loss_pct=0, queue_ms=50)
