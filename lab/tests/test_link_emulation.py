@@ -9,7 +9,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from mtlab import Lab, LabError, topology
-from mtlab.measure import iperf3, median_rtt
+from mtlab.measure import iperf3, median_rtt, ping_rtts
 
 LINKS = {"fixed": ("10.1.0.1", "10.1.0.2"), "cellular": ("10.2.0.1", "10.2.0.2")}
 
@@ -54,16 +54,20 @@ def test_rate_is_about_95pct_of_tbf(lab: Lab, name: str, reverse: bool) -> None:
 
 
 def rtt_near(lab: Lab, dst: str, want_ms: float, count: int = 20) -> float:
-    """Median RTT to ``dst``, measured again once (after 2 s) if it is more than 1 ms off.
+    """The emulated RTT to ``dst``: the lowest of ``count`` pings, measured again once (after 2 s)
+    if it is more than 1 ms off.
 
-    The delay is a userspace program: when the kernel is busy elsewhere (e.g. tearing down the
-    fleet test's namespaces with hundreds of TUN devices, which runs in a kernel worker for
-    seconds) a 20-ping median can drift past 1 ms; a second look shows whether it is the emulation.
+    The delay is a userspace program woken for every packet, twice per direction: on a quiet VM
+    each wake-up from idle can add 0.1-0.3 ms, which moved a 20-ping *median* 1.1-1.2 ms above the
+    setting in 3 of the last 4 full lab runs (one in CI), each time on the cellular link. The
+    lowest ping is the emulated path with the least wake-up noise; the RTT test bounds the median
+    separately. When the kernel is busy elsewhere (e.g. tearing down hundreds of TUN devices) a
+    second look shows whether it is the emulation.
     """
-    rtt = median_rtt(lab, "cpe", dst, count=count)
+    rtt = min(ping_rtts(lab, "cpe", dst, count=count), default=float("inf"))
     if abs(rtt - want_ms) > 1.0:
         time.sleep(2)
-        rtt = median_rtt(lab, "cpe", dst, count=count)
+        rtt = min(ping_rtts(lab, "cpe", dst, count=count), default=float("inf"))
     return rtt
 
 
@@ -71,7 +75,9 @@ def rtt_near(lab: Lab, dst: str, want_ms: float, count: int = 20) -> float:
 def test_rtt_is_twice_the_one_way_delay(lab: Lab, name: str) -> None:
     want = 2 * lab.links[name].delay_ms
     rtt = rtt_near(lab, LINKS[name][1], want)
-    assert abs(rtt - want) <= 1.0, f"{name}: RTT {rtt} ms"
+    assert abs(rtt - want) <= 1.0, f"{name}: lowest RTT {rtt} ms"
+    typical = median_rtt(lab, "cpe", LINKS[name][1])
+    assert want <= typical <= want + 2.0, f"{name}: median RTT {typical} ms (jitter above 2 ms)"
 
 
 def _udp_loss(lab: Lab, reverse: bool) -> tuple[float, int]:
