@@ -345,19 +345,7 @@ def plots(out_dir: Path) -> list[Path]:
         if not data:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
-        for c in _contenders(data["points"]):
-            pts = sorted(
-                (p for p in data["points"] if p["contender"] == c and p["mean_mbps"] is not None),
-                key=lambda p: p["x"],
-            )
-            ax.errorbar(
-                [p["x"] for p in pts],
-                [p["mean_mbps"] for p in pts],
-                yerr=[p["std_mbps"] for p in pts],
-                marker="o",
-                capsize=3,
-                label=c,
-            )
+        _sweep_lines(ax, data["points"])
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -434,19 +422,7 @@ def _varying_plot(data: dict[str, Any], out_dir: Path, plt: Any) -> Path:
         top.set_ylim(bottom=0)
         top.grid(alpha=0.3)
         top.legend(fontsize=7, ncol=3)
-    for c in _contenders(points):
-        pts = sorted(
-            (p for p in points if p["contender"] == c and p["mean_mbps"] is not None),
-            key=lambda p: p["x"],
-        )
-        bottom.errorbar(
-            [p["x"] for p in pts],
-            [p["mean_mbps"] for p in pts],
-            yerr=[p["std_mbps"] for p in pts],
-            marker="o",
-            capsize=3,
-            label=c,
-        )
+    _sweep_lines(bottom, points)
     bottom.set_xlabel("cellular RTT (ms)")
     bottom.set_ylabel("throughput (Mbit/s)")
     bottom.set_title("Fig. 9 with the cellular rate on a trace")
@@ -454,6 +430,23 @@ def _varying_plot(data: dict[str, Any], out_dir: Path, plt: Any) -> Path:
     bottom.grid(alpha=0.3)
     bottom.legend()
     return _save(fig, out_dir / "fig9_varying.png", plt)
+
+
+def _sweep_lines(ax: Any, points: list[dict[str, Any]]) -> None:
+    """One line per contender: mean throughput against x, the standard deviation as error bars."""
+    for c in _contenders(points):
+        pts = sorted(
+            (p for p in points if p["contender"] == c and p["mean_mbps"] is not None),
+            key=lambda p: p["x"],
+        )
+        ax.errorbar(
+            [p["x"] for p in pts],
+            [p["mean_mbps"] for p in pts],
+            yerr=[p["std_mbps"] for p in pts],
+            marker="o",
+            capsize=3,
+            label=c,
+        )
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
