@@ -364,7 +364,8 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
-        self._clock.wrote(sent, time.monotonic())
+        if self._aqm is not None:  # only CoDel needs the write times
+            self._clock.wrote(sent, time.monotonic())
         return sent
 
     def _send_tls(self, segments: list[memoryview]) -> int:
@@ -393,7 +394,8 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
-        self._clock.wrote(sent, time.monotonic())
+        if self._aqm is not None:  # only CoDel needs the write times
+            self._clock.wrote(sent, time.monotonic())
         if sent < len(data):
             self._tx_tail = data[sent:]
             self.loop.modify(self.sock_fd, IN | OUT)
@@ -407,7 +409,8 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
-        self._clock.wrote(n, time.monotonic())
+        if self._aqm is not None:  # only CoDel needs the write times
+            self._clock.wrote(n, time.monotonic())
         self._tx_tail = tail[n:]
         if not self._tx_tail:
             self.loop.modify(self.sock_fd, IN)
