@@ -49,7 +49,10 @@ def echo_server(pair: Pair) -> subprocess.Popen[bytes]:
         "s.bind(('0.0.0.0', 9999))\n"
         "while True:\n"
         "    data, peer = s.recvfrom(2048)\n"
-        "    s.sendto(data, peer)\n"
+        "    try:\n"
+        "        s.sendto(data, peer)\n"
+        "    except OSError:\n"  # a CPE removed by a reload: its route is gone, keep echoing the others
+        "        pass\n"
     )
     return subprocess.Popen(["ip", "netns", "exec", pair.bgw, sys.executable, "-c", code])
 
