@@ -32,6 +32,7 @@ CONTENDERS = (
     "mptcp-tunnel-offload",
     "mptcp-tunnel-offload-tls",
     "mptcp-tunnel-codel",
+    "mptcp-tunnel-fq",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
@@ -44,6 +45,7 @@ OFFLOAD_OF = {
     "mptcp-tunnel-offload": "on",
     "mptcp-tunnel-offload-tls": "on-tls",
 }
+AQM_OF = {"mptcp-tunnel-codel": "codel", "mptcp-tunnel-fq": "fq_codel"}
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ def path_of(contender: str) -> Path:
         return Path("cpe", "bgw", "10.2.0.2", "10.2.0.1", "any")
     if contender == "mptcp-tunnel":
         return Path("client", "server", SERVER, None, "mptcp")
-    if contender == "mptcp-tunnel-codel":  # tunnel.aqm codel (opt-in) on both agents
-        return Path("client", "server", SERVER, None, "mptcp-codel")
+    if contender in AQM_OF:  # an opt-in tunnel.aqm on both agents
+        return Path("client", "server", SERVER, None, f"mptcp-aqm-{AQM_OF[contender]}")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
@@ -113,9 +115,9 @@ class Agents:
                 offload, *tls = mode[len("mptcp-offload-") :].split("-")
                 cfg.setdefault("tunnel", {})["offload"] = offload
                 cfg["tunnel"]["encryption"] = "tls" if tls else "none"
-            elif mode == "mptcp-codel":
+            elif mode.startswith("mptcp-aqm-"):
                 cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {})["aqm"] = "codel"
+                cfg.setdefault("tunnel", {})["aqm"] = mode[len("mptcp-aqm-") :]
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)

@@ -38,6 +38,9 @@ DEFAULT_LINKS = {
 }
 
 
+LATENCY_CONTENDERS = ("fixed-only", "mptcp-tunnel", "mptcp-tunnel-codel", "mptcp-tunnel-fq")
+
+
 @dataclass
 class Settings:
     quick: bool = False
@@ -62,7 +65,12 @@ class Settings:
     ceiling_seconds: int = 10
     latency_pings: int = 200
     latency_contenders: list[str] = field(
-        default_factory=lambda: ["fixed-only", "mptcp-tunnel", "mptcp-tunnel-codel"]
+        default_factory=lambda: [
+            "fixed-only",
+            "mptcp-tunnel",
+            "mptcp-tunnel-codel",
+            "mptcp-tunnel-fq",
+        ]
     )
     latency_flows: list[int] = field(default_factory=lambda: [1, 8])
     latency_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
@@ -97,7 +105,12 @@ class Settings:
             flows_seconds=8,
             ceiling_seconds=5,
             latency_pings=60,
-            latency_contenders=["fixed-only", "mptcp-tunnel", "mptcp-tunnel-codel"],
+            latency_contenders=[
+                "fixed-only",
+                "mptcp-tunnel",
+                "mptcp-tunnel-codel",
+                "mptcp-tunnel-fq",
+            ],
             fleet_sizes=[1000],
             fleet_idle_window_s=20.0,
             fairness_seconds=10,

@@ -1,6 +1,7 @@
-"""CoDel on the tunnel's queue (issue 9, latency under load; ``tunnel.aqm: codel``, opt-in): a
-standing queue behind bulk flows is signalled to the inner flows - CE marks on ECN-capable packets
-that reach the receiver, drops for the rest - and the queue's byte bound alone no longer decides."""
+"""AQM on the tunnel's queue (issue 9, latency under load; ``tunnel.aqm: codel`` or
+``fq_codel``, opt-in): a standing queue behind bulk flows is signalled to the inner flows - CE marks
+on ECN-capable packets that reach the receiver, drops for the rest - and the queue's byte bound
+alone no longer decides."""
 
 from __future__ import annotations
 
@@ -43,10 +44,9 @@ def _start_agents(lab: Lab, aqm: str) -> None:
 
 @pytest.fixture
 def ce_counter(tunnel: Lab) -> Iterator[Lab]:
-    """Both agents with ``tunnel.aqm: codel`` (opt-in); counts CE-marked packets arriving at the
-    client, whose TCP asks for ECN only here."""
+    """Counts CE-marked packets arriving at the client, whose TCP asks for ECN only here; the agents
+    run with the default ``tunnel.aqm`` again afterwards."""
     lab = tunnel
-    _start_agents(lab, "codel")
     rules = (
         f"table inet {CE_TABLE} {{\n chain input {{\n"
         "  type filter hook input priority 0; policy accept;\n  ip ecn ce counter\n }\n}\n"
@@ -77,20 +77,24 @@ def _download(lab: Lab) -> float:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("ecn", [True, False], ids=["ecn", "not-ect"])
-def test_a_standing_queue_is_signalled_by_marks_or_drops(ce_counter: Lab, ecn: bool) -> None:
+@pytest.mark.parametrize("aqm", ["codel", "fq_codel"])
+def test_a_standing_queue_is_signalled_by_marks_or_drops(
+    ce_counter: Lab, aqm: str, ecn: bool
+) -> None:
     lab = ce_counter
+    _start_agents(lab, aqm)
     lab.exec("client", ["sysctl", "-qw", f"net.ipv4.tcp_ecn={1 if ecn else 0}"])
     before = (_signals(lab, "mark"), _signals(lab, "drop"), _ce_received(lab))
     mbps = _download(lab)
     marks = _signals(lab, "mark") - before[0]
     drops = _signals(lab, "drop") - before[1]
     ce = _ce_received(lab) - before[2]
-    print(f"ecn={ecn}: {mbps:.1f} Mbit/s, BGW CoDel marks {marks:.0f}, drops {drops:.0f}, CE {ce}")
+    print(f"{aqm} ecn={ecn}: {mbps:.1f} Mbit/s, BGW marks {marks:.0f}, drops {drops:.0f}, CE {ce}")
     assert mbps > 10, "the download itself must work"
     if ecn:
-        assert marks > 0, "CoDel never marked under 8 bulk flows"
+        assert marks > 0, f"{aqm} never marked under 8 bulk flows"
         assert ce >= 1, "marks never reached the receiver"
         assert drops <= marks, "ECN-capable traffic should be marked, not dropped"
     else:
-        assert drops > 0, "CoDel never dropped under 8 bulk flows"
+        assert drops > 0, f"{aqm} never dropped under 8 bulk flows"
         assert marks == 0 and ce == 0, "Not-ECT packets must never carry CE"

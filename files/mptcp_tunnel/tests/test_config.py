@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mptcp_tunnel.aqm import AqmSettings
 from mptcp_tunnel.config import ConfigError, load_config, parse_config
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -74,10 +75,11 @@ DELETE = object()
         ("cpe.yaml", "tunnel.max_frame_bytes", 1400, "tunnel.max_frame_bytes: 1400 is below mtu 1500"),
         ("bgw.yaml", "bgw.cpes.0.prefixes", [], "bgw.cpes[0].prefixes: expected a non-empty list"),
         ("bgw.yaml", "bgw.listen_address", "any", "bgw.listen_address: 'any' is not an IP address"),
-        ("bgw.yaml", "tunnel.aqm", "red", "tunnel.aqm: 'red' is not one of codel, none"),
+        ("bgw.yaml", "tunnel.aqm", "red", "tunnel.aqm: 'red' is not one of codel, fq_codel, none"),
         ("cpe.yaml", "tunnel.ecn", "yes", "tunnel.ecn: expected true or false, got str"),
         ("cpe.yaml", "tunnel.aqm_target_ms", 100, "tunnel.aqm_target_ms: 100 is not below aqm_interval_ms"),
         ("cpe.yaml", "tunnel.aqm_interval_ms", 0, "tunnel.aqm_interval_ms: 0 is out of range"),
+        ("cpe.yaml", "tunnel.aqm_limit_bytes", 1000, "tunnel.aqm_limit_bytes: 1000 is out of range"),
     ],
 )
 def test_bad_values_name_file_and_key(name: str, path: str, value: object, message: str) -> None:
@@ -272,9 +274,14 @@ def test_aqm_is_opt_in_with_ecn_marking() -> None:
     cfg = parse_config(mutate("cpe.yaml", "tunnel.aqm", "codel"), "cpe.yaml")
     assert cfg.tunnel.aqm is not None and cfg.tunnel.aqm.ecn
     assert (cfg.tunnel.aqm.target_s, cfg.tunnel.aqm.interval_s) == (0.005, 0.1)
+    fq = mutate("cpe.yaml", "tunnel.aqm", "fq_codel")
+    assert parse_config(fq, "cpe.yaml").tunnel.aqm == AqmSettings(kind="fq_codel", limit_bytes=4 << 20)
+    fq["tunnel"]["queue_bytes"] = 0  # unbounded: the kernel would hold the whole queue
+    with pytest.raises(ConfigError, match="tunnel.aqm: fq_codel needs queue_bytes > 0"):
+        parse_config(fq, "cpe.yaml")
 
 
-@pytest.mark.parametrize("aqm", ["codel", "none"])
+@pytest.mark.parametrize("aqm", ["codel", "fq_codel", "none"])
 def test_tunnel_settings_survive_the_trip_to_a_worker(aqm: str) -> None:
     from mptcp_tunnel.config import tunnel_from_wire, tunnel_to_wire
 

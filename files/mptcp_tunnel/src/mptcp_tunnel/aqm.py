@@ -40,6 +40,9 @@ class AqmSettings:
     target_s: float = 0.005
     interval_s: float = 0.100
     ecn: bool = True  # mark ECN-capable inner packets (CE) instead of dropping them
+    # "codel": one CoDel on the kernel's send queues; "fq_codel": flow queues in userspace (fqcodel.py)
+    kind: str = "codel"
+    limit_bytes: int = 4 * 1024 * 1024  # fq_codel: memory bound of the userspace queue, per session
 
 
 class SojournClock:

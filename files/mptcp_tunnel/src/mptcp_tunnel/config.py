@@ -307,21 +307,26 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         aqm=_aqm(sec),
     )
     sec.finish()
+    if t.aqm is not None and t.aqm.kind == "fq_codel" and t.queue_bytes == 0:
+        raise ConfigError(f"{sec.key('aqm')}: fq_codel needs queue_bytes > 0 (the kernel's part of it)")
     if t.max_frame_bytes < t.mtu:
         raise ConfigError(f"{sec.key('max_frame_bytes')}: {t.max_frame_bytes} is below mtu {t.mtu}")
     return t
 
 
 def _aqm(sec: _Section) -> AqmSettings | None:
-    kind = sec.choice("aqm", "none", ("codel", "none"))
+    kind = sec.choice("aqm", "none", ("codel", "fq_codel", "none"))
     target = sec.number("aqm_target_ms", 5.0, 0.5, 1000.0)
     interval = sec.number("aqm_interval_ms", 100.0, 1.0, 10000.0)
     ecn = sec.boolean("ecn", True)
+    limit = sec.integer("aqm_limit_bytes", 4 * 1024 * 1024, 65536, 256 * 1024 * 1024)
     if target >= interval:
         raise ConfigError(f"{sec.key('aqm_target_ms')}: {target:g} is not below aqm_interval_ms {interval:g}")
     if kind == "none":
         return None
-    return AqmSettings(target_s=target / 1000, interval_s=interval / 1000, ecn=ecn)
+    return AqmSettings(
+        target_s=target / 1000, interval_s=interval / 1000, ecn=ecn, kind=kind, limit_bytes=limit
+    )
 
 
 def _links(sec: _Section) -> tuple[Link, ...]:

@@ -35,6 +35,7 @@ from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
+from mptcp_tunnel.fqcodel import FlowQueues, Item
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, subflow_windows
 from mptcp_tunnel.srcfilter import SourceFilter
@@ -48,6 +49,7 @@ MAX_BATCH_PACKETS = 64
 RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
+SIOCOUTQNSD = 0x894B  # bytes not yet sent at all (MPTCP: not yet handed to a subflow)
 _INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
@@ -88,6 +90,16 @@ STAT_NAMES = (
     "aqm_drops",
     "aqm_marks",
 )
+
+
+def _fitting(lengths: list[int], room: int) -> int:
+    """How many packets of a batch fit in ``room`` bytes (at least one while there is any room)."""
+    total = 0
+    for i, n in enumerate(lengths):
+        total += n
+        if total > room:
+            return i if i or room <= 0 else 1
+    return len(lengths)
 
 
 class Buffers:
@@ -154,7 +166,14 @@ class Session:
         self._tx_tail = b""
         self._bounded = tunnel.queue_bytes > 0
         # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
-        self._aqm = CoDel(tunnel.aqm) if self._bounded and tunnel.aqm is not None else None
+        aqm = tunnel.aqm if self._bounded else None
+        self._aqm = CoDel(aqm) if aqm is not None and aqm.kind == "codel" else None
+        # fq_codel: what the socket cannot take yet waits in flow queues here (fqcodel.py)
+        self._fq = (
+            FlowQueues(aqm, offset=self.stream_hdr, limit_bytes=aqm.limit_bytes)
+            if aqm is not None and aqm.kind == "fq_codel"
+            else None
+        )
         self._clock = SojournClock()
         self._rtt_at = 0  # bytes written when the paths' RTT was last read
         self._path_s = 0.0  # the slowest subflow's smoothed RTT (what the sojourn time excludes)
@@ -233,7 +252,7 @@ class Session:
     def _on_tun(self, _events: int) -> None:
         self._dirty.add(self)
         try:
-            if self._tx_tail:
+            if self._tx_tail and self._fq is None:
                 self._drop_from_tun()
             else:
                 self._pump_tun()
@@ -278,11 +297,84 @@ class Session:
             if batch.add(len(seg), monotonic()) or off > limit:
                 break
         if segments:
-            if self._aqm is not None:
-                self._manage_queue(segments, lengths)
-            if segments:
-                self._send_segments(segments, lengths)
+            if self._fq is not None:
+                self._queue_or_send(segments, lengths)
+            else:
+                if self._aqm is not None:
+                    self._manage_queue(segments, lengths)
+                if segments:
+                    self._send_segments(segments, lengths)
             batch.flushed()
+
+    # --- fq_codel: packets the socket cannot take yet wait in flow queues ---------------------------
+    def _queue_or_send(self, segments: list[memoryview], lengths: list[int]) -> None:
+        """Straight to the socket while nothing waits (no copy); what it does not take is queued."""
+        fq = self._fq
+        assert fq is not None
+        if not fq.backlog and not self._tx_tail:
+            # TLS takes a whole batch (what the socket refuses waits as ciphertext, in order, outside
+            # the flow queues): give it only what fits under the kernel's bound
+            fits = _fitting(lengths, self._room()) if self.tls is not None else len(segments)
+            sent = self._send_stream(segments[:fits]) if fits else 0
+            if sent < 0:
+                return
+            first_queued = self._account_sent(segments, lengths, sent) if fits else 0
+            if first_queued == len(segments):
+                return
+            segments = segments[first_queued:]
+        now = time.monotonic()
+        dropped = fq.overflow_drops
+        for seg in segments:
+            fq.enqueue(bytes(seg), now)
+        self.stats[QUEUE_DROPS] += fq.overflow_drops - dropped
+        self.loop.modify(self.sock_fd, IN | OUT)
+
+    def _room(self) -> int:
+        """How many more bytes the kernel takes before its unsent data reaches ``queue_bytes``."""
+        try:
+            notsent: int = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
+        except OSError:
+            return self.tunnel.batch_bytes
+        return self.tunnel.queue_bytes - notsent
+
+    def _account_sent(self, segments: list[memoryview], lengths: list[int], sent: int) -> int:
+        """Count what the socket took; a packet it took part of is finished via ``_tx_tail``.
+        Returns the index of the first packet it did not take at all."""
+        cut, offset, first_untaken = after_short_send(lengths, sent)
+        if cut is not None:
+            self._tx_tail = bytes(segments[cut][offset:])
+        self.stats[TX_PACKETS] += first_untaken
+        self.stats[TX_BYTES] += sum(lengths[:first_untaken]) - self.stream_hdr * first_untaken
+        self.stats[BATCHES] += 1
+        self.last_tx = time.monotonic()
+        return first_untaken
+
+    def _drain_queue(self) -> None:
+        """The socket is writable: send from the flow queues until it is full or they are empty."""
+        fq = self._fq
+        assert fq is not None
+        stats = self.stats
+        while fq.backlog and not self._tx_tail and not self.ended:
+            budget = min(self.tunnel.batch_bytes, self._room())
+            if budget <= 0:
+                return
+            drops, marks, shed = fq.drops, fq.marks, fq.overflow_drops
+            items: list[Item] = fq.dequeue(time.monotonic(), budget)
+            stats[AQM_DROPS] += fq.drops - drops
+            stats[AQM_MARKS] += fq.marks - marks
+            stats[QUEUE_DROPS] += fq.overflow_drops - shed
+            if not items:
+                break
+            segments = [memoryview(packet) for _, packet, _ in items]
+            sent = self._send_stream(segments)
+            if sent < 0:
+                return
+            first_untaken = self._account_sent(segments, [len(s) for s in segments], sent)
+            if first_untaken < len(items):
+                fq.undo(items[first_untaken:])
+                return  # full: the next writable event resumes
+        if not fq.backlog and not self._tx_tail and not self.ended:
+            self.loop.modify(self.sock_fd, IN)
 
     def _manage_queue(self, segments: list[memoryview], lengths: list[int]) -> None:
         """CoDel: when the queue's head has waited too long, mark (ECN CE) or drop one packet."""
@@ -413,6 +505,9 @@ class Session:
             self._clock.wrote(n, time.monotonic())
         self._tx_tail = tail[n:]
         if not self._tx_tail:
+            if self._fq is not None and self._fq.backlog:
+                self._drain_queue()
+                return
             self.loop.modify(self.sock_fd, IN)
             if not self._bounded:
                 self.loop.modify(self.tun_fd, IN)
@@ -423,6 +518,8 @@ class Session:
         try:
             if events & OUT and self._tx_tail:
                 self._on_writable()
+            elif events & OUT and self._fq is not None and self._fq.backlog:
+                self._drain_queue()
             if not self.ended and events & (IN | ERR):
                 self._pump_socket()
         except FrameError as exc:

@@ -1,0 +1,193 @@
+"""FQ-CoDel (RFC 8290) for the packets waiting to enter the tunnel, sans-I/O.
+
+With ``tunnel.aqm: fq_codel`` the kernel keeps only a little unsent data (``queue_bytes`` as
+``TCP_NOTSENT_LOWAT``); what the socket cannot take yet waits here, in userspace, where it can be
+managed packet by packet. Packets are hashed by their inner 5-tuple into flow queues served by
+deficit round robin, flows that were idle go first (a ping, a DNS lookup or a TCP ACK stream does not
+wait behind a bulk download), and each queue runs CoDel on its own sojourn time: a bulk flow that
+keeps a standing queue gets drops (or ECN CE marks), the others do not.
+
+The engine drives it: ``enqueue`` what the socket did not take, ``dequeue`` a budget of bytes when
+the socket becomes writable, ``undo`` what the socket then refused (back to the heads of their
+queues). Nothing here reads a clock or a socket.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from mptcp_tunnel.aqm import AqmSettings, CoDel, mark_ce
+
+QUANTUM = 1514  # bytes a flow may send per round (RFC 8290: one MTU-sized packet)
+FLOWS = 1024
+TCP, UDP, SCTP, UDPLITE = 6, 17, 132, 136
+_PORTS = (TCP, UDP, SCTP, UDPLITE)
+IDLE, NEW, OLD = 0, 1, 2
+Item = tuple[int, bytes, float]  # (flow, packet, enqueue time)
+
+
+def flow_key(packet: bytes, offset: int = 0) -> bytes:
+    """The inner packet's addresses, protocol and ports (non-IP or truncated: its first bytes)."""
+    end = len(packet)
+    if end < offset + 1:
+        return b""
+    version = packet[offset] >> 4
+    if version == 4 and end >= offset + 20:
+        proto = packet[offset + 9]
+        ihl = (packet[offset] & 0x0F) * 4
+        key = packet[offset + 9 : offset + 10] + packet[offset + 12 : offset + 20]
+        first_fragment = (packet[offset + 6] & 0x1F) == 0 and packet[offset + 7] == 0
+        if proto in _PORTS and first_fragment and end >= offset + ihl + 4:
+            key += packet[offset + ihl : offset + ihl + 4]
+        return key
+    if version == 6 and end >= offset + 40:
+        proto = packet[offset + 6]
+        key = packet[offset + 6 : offset + 7] + packet[offset + 8 : offset + 40]
+        if proto in _PORTS and end >= offset + 44:
+            key += packet[offset + 40 : offset + 44]
+        return key
+    return packet[offset : offset + 20]
+
+
+class FlowQueues:
+    """Flow queues with deficit round robin and CoDel per queue (RFC 8290's scheduler).
+
+    ``offset`` is where the IP header starts in each packet (the virtio-net header rides in front of
+    it when offload is on). ``limit_bytes`` bounds the memory: beyond it, packets are dropped from
+    the head of the longest queue (the flow most responsible, as fq_codel does).
+    """
+
+    def __init__(
+        self,
+        settings: AqmSettings,
+        *,
+        offset: int = 0,
+        limit_bytes: int = 4 * 1024 * 1024,
+        flows: int = FLOWS,
+        quantum: int = QUANTUM,
+    ) -> None:
+        self.settings = settings
+        self.offset = offset
+        self.limit_bytes = limit_bytes
+        self.flows = flows
+        self.quantum = quantum
+        self.backlog = 0  # bytes queued, all flows
+        self.drops = 0  # CoDel drops (packets)
+        self.marks = 0  # CoDel ECN CE marks
+        self.overflow_drops = 0  # packets dropped because limit_bytes was exceeded
+        self._queues: dict[int, deque[tuple[bytes, float]]] = {}
+        self._bytes: dict[int, int] = {}
+        self._deficit: dict[int, int] = {}
+        self._codel: dict[int, CoDel] = {}
+        self._state: dict[int, int] = {}
+        self._new: deque[int] = deque()
+        self._old: deque[int] = deque()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def flow_of(self, packet: bytes) -> int:
+        return hash(flow_key(packet, self.offset)) % self.flows
+
+    def enqueue(self, packet: bytes, now: float) -> None:
+        flow = self.flow_of(packet)
+        queue = self._queues.get(flow)
+        if queue is None:
+            queue = self._queues[flow] = deque()
+            self._bytes[flow] = 0
+        queue.append((packet, now))
+        self._bytes[flow] += len(packet)
+        self.backlog += len(packet)
+        if self._state.get(flow, IDLE) == IDLE:
+            self._state[flow] = NEW
+            self._deficit[flow] = self.quantum
+            self._new.append(flow)
+        if self.backlog > self.limit_bytes:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Over the memory limit: drop from the head of the longest queue until back under it."""
+        fattest = max(self._bytes, key=self._bytes.__getitem__)
+        queue = self._queues[fattest]
+        while self.backlog > self.limit_bytes and queue:
+            packet, _ = queue.popleft()
+            self._bytes[fattest] -= len(packet)
+            self.backlog -= len(packet)
+            self.overflow_drops += 1
+
+    def _head(self, flow: int, now: float) -> tuple[bytes, float] | None:
+        """The flow's next packet after CoDel (which may drop some or mark the one it returns)."""
+        queue = self._queues[flow]
+        codel = self._codel.get(flow)
+        if codel is None:
+            codel = self._codel[flow] = CoDel(self.settings)
+        while queue:
+            packet, at = queue.popleft()
+            self._bytes[flow] -= len(packet)
+            self.backlog -= len(packet)
+            if not codel.decide(now, now - at, self._bytes[flow] + len(packet)):
+                return packet, at
+            if self.settings.ecn:
+                marked = bytearray(packet)
+                if mark_ce(marked, self.offset):
+                    self.marks += 1
+                    return bytes(marked), at
+            self.drops += 1
+        return None
+
+    def dequeue(self, now: float, budget: int) -> list[Item]:
+        """Packets to send now, about ``budget`` bytes (at least one packet if any is queued)."""
+        out: list[Item] = []
+        taken = 0
+        new, old, state, deficit = self._new, self._old, self._state, self._deficit
+        while taken < budget:
+            if new:
+                lst = new
+            elif old:
+                lst = old
+            else:
+                break
+            flow = lst[0]
+            if deficit[flow] <= 0:
+                deficit[flow] += self.quantum
+                lst.popleft()
+                old.append(flow)
+                state[flow] = OLD
+                continue
+            head = self._head(flow, now)
+            if head is None:
+                lst.popleft()
+                if lst is new and old:  # RFC 8290, 4.2: a new flow that empties goes to the old list
+                    old.append(flow)
+                    state[flow] = OLD
+                else:
+                    self._forget(flow)
+                continue
+            packet, at = head
+            deficit[flow] -= len(packet)
+            taken += len(packet)
+            out.append((flow, packet, at))
+        return out
+
+    def _forget(self, flow: int) -> None:
+        """An empty flow leaves the lists; its CoDel state goes too unless it is still dropping."""
+        self._state[flow] = IDLE
+        del self._queues[flow], self._bytes[flow]
+        codel = self._codel.get(flow)
+        if codel is not None and not codel.dropping:
+            del self._codel[flow]
+
+    def undo(self, items: list[Item]) -> None:
+        """Put back packets ``dequeue`` returned that the socket did not take, in their order."""
+        for flow, packet, at in reversed(items):
+            queue = self._queues.get(flow)
+            if queue is None:
+                queue = self._queues[flow] = deque()
+                self._bytes[flow] = 0
+            queue.appendleft((packet, at))
+            self._bytes[flow] += len(packet)
+            self.backlog += len(packet)
+            self._deficit[flow] = self._deficit.get(flow, 0) + len(packet)
+            if self._state.get(flow, IDLE) == IDLE:
+                self._state[flow] = NEW
+                self._new.appendleft(flow)
