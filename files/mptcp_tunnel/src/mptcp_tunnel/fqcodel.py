@@ -89,15 +89,19 @@ class FlowQueues:
     def flow_of(self, packet: bytes) -> int:
         return hash(flow_key(packet, self.offset)) % self.flows
 
-    def enqueue(self, packet: bytes, now: float) -> None:
-        flow = self.flow_of(packet)
+    def _queue(self, flow: int, nbytes: int) -> deque[tuple[bytes, float]]:
+        """The flow's queue, about to take ``nbytes`` more (created on first use)."""
         queue = self._queues.get(flow)
         if queue is None:
             queue = self._queues[flow] = deque()
             self._bytes[flow] = 0
-        queue.append((packet, now))
-        self._bytes[flow] += len(packet)
-        self.backlog += len(packet)
+        self._bytes[flow] += nbytes
+        self.backlog += nbytes
+        return queue
+
+    def enqueue(self, packet: bytes, now: float) -> None:
+        flow = self.flow_of(packet)
+        self._queue(flow, len(packet)).append((packet, now))
         if self._state.get(flow, IDLE) == IDLE:
             self._state[flow] = NEW
             self._deficit[flow] = self.quantum
@@ -180,13 +184,7 @@ class FlowQueues:
     def undo(self, items: list[Item]) -> None:
         """Put back packets ``dequeue`` returned that the socket did not take, in their order."""
         for flow, packet, at in reversed(items):
-            queue = self._queues.get(flow)
-            if queue is None:
-                queue = self._queues[flow] = deque()
-                self._bytes[flow] = 0
-            queue.appendleft((packet, at))
-            self._bytes[flow] += len(packet)
-            self.backlog += len(packet)
+            self._queue(flow, len(packet)).appendleft((packet, at))
             self._deficit[flow] = self._deficit.get(flow, 0) + len(packet)
             if self._state.get(flow, IDLE) == IDLE:
                 self._state[flow] = NEW

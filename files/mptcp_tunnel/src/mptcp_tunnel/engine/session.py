@@ -343,10 +343,11 @@ class Session:
         cut, offset, first_untaken = after_short_send(lengths, sent)
         if cut is not None:
             self._tx_tail = bytes(segments[cut][offset:])
-        self.stats[TX_PACKETS] += first_untaken
-        self.stats[TX_BYTES] += sum(lengths[:first_untaken]) - self.stream_hdr * first_untaken
-        self.stats[BATCHES] += 1
-        self.last_tx = time.monotonic()
+        if sent:
+            self.stats[TX_PACKETS] += first_untaken
+            self.stats[TX_BYTES] += sum(lengths[:first_untaken]) - self.stream_hdr * first_untaken
+            self.stats[BATCHES] += 1
+            self.last_tx = time.monotonic()
         return first_untaken
 
     def _drain_queue(self) -> None:
