@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from packets import ipv4, ipv6
 
 from mptcp_tunnel.aqm import AqmSettings
-from mptcp_tunnel.fqcodel import FlowQueues, flow_key
+from mptcp_tunnel.fqcodel import GATE_FLOOR, GATE_S, FlowQueues, KernelGate, flow_key
 
 SETTINGS = AqmSettings(target_s=0.005, interval_s=0.100, ecn=False)
 
@@ -136,3 +136,19 @@ def test_any_bytes_are_queued_and_accounted_for(ops: list[tuple[bytes, bool]]) -
     dequeued += len(fq.dequeue(10.0, 1 << 30))
     assert fq.backlog == 0
     assert dequeued + fq.drops + fq.overflow_drops == enqueued
+
+
+def test_the_kernel_gate_allows_a_few_ms_at_the_acknowledged_rate() -> None:
+    gate = KernelGate()
+    assert gate.stale(0.0)
+    gate.measured(0.0, written=0, outstanding=0, notsent=0)
+    assert gate.room(0) == GATE_FLOOR  # no rate known yet: the floor
+    assert not gate.stale(0.0005)
+    gate.measured(0.2, written=2_000_000, outstanding=100_000, notsent=GATE_FLOOR)
+    assert gate.rate == 1_900_000 / 0.2  # 9.5 MB/s acknowledged
+    assert gate.limit == int(gate.rate * GATE_S) and gate.limit > GATE_FLOOR
+    assert gate.room(2_000_000) == gate.limit - GATE_FLOOR
+    assert gate.room(2_010_000) == gate.limit - GATE_FLOOR - 10_000  # written since: less room
+    gate.measured(0.4, written=2_010_000, outstanding=2_010_000 - 1_900_000, notsent=10**6)
+    assert gate.rate == 9_500_000 / 2  # the link stalled for a window: the rate halves, not zero
+    assert gate.room(2_010_000) < 0  # the subflows hold far more than a few ms: wait

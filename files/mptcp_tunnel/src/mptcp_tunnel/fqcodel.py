@@ -7,9 +7,10 @@ deficit round robin, flows that were idle go first (a ping, a DNS lookup or a TC
 wait behind a bulk download), and each queue runs CoDel on its own sojourn time: a bulk flow that
 keeps a standing queue gets drops (or ECN CE marks), the others do not.
 
-The engine drives it: ``enqueue`` what the socket did not take, ``dequeue`` a budget of bytes when
-the socket becomes writable, ``undo`` what the socket then refused (back to the heads of their
-queues). Nothing here reads a clock or a socket.
+The engine drives it: ``enqueue`` what the kernel should not take yet, ``dequeue`` a budget of bytes
+when it may take more, ``undo`` what the socket then refused (back to the heads of their queues).
+``KernelGate`` says how much "more" is: the kernel keeps only a few ms of unsent data, counted in the
+connection and in its subflows. Nothing here reads a clock or a socket.
 """
 
 from __future__ import annotations
@@ -24,6 +25,52 @@ TCP, UDP, SCTP, UDPLITE = 6, 17, 132, 136
 _PORTS = (TCP, UDP, SCTP, UDPLITE)
 IDLE, NEW, OLD = 0, 1, 2
 Item = tuple[int, bytes, float]  # (flow, packet, enqueue time)
+
+
+# The kernel's part of the queue, with fq_codel. The MPTCP scheduler hands each subflow data long
+# before its congestion window lets it out (hundreds of KB under bulk flows in the lab: hundreds of
+# ms of queue nobody manages), and neither TCP_NOTSENT_LOWAT, net.ipv4.tcp_notsent_lowat nor a fixed
+# SO_SNDBUF bounds that without also capping throughput. So the agent itself stops writing while the
+# connection's and the subflows' unsent data exceed a few ms at the rate the peer acknowledges.
+GATE_FLOOR = 16 * 1024  # bytes: below this the gate never holds data back
+GATE_S = 0.004  # unsent data allowed, in time at the acknowledged rate (the agent refills within it)
+MEASURE_EVERY_S = 0.001  # the kernel's counters are read at most this often (room is tracked between)
+RATE_WINDOW_S = 0.1
+
+
+class KernelGate:
+    """How many more bytes the agent may hand the kernel (sans-I/O): ``measured`` with the socket's
+    counters, ``room`` between measurements (less what was written since)."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0  # bytes/s acknowledged, smoothed
+        self.limit = GATE_FLOOR
+        self._at = -1.0
+        self._base = GATE_FLOOR
+        self._written_at = 0
+        self._rate_at = -1.0
+        self._rate_acked = 0
+
+    def stale(self, now: float) -> bool:
+        return now - self._at >= MEASURE_EVERY_S
+
+    def measured(self, now: float, written: int, outstanding: int, notsent: int) -> None:
+        """``written``: bytes the socket ever took; ``outstanding``: not yet acknowledged
+        (``SIOCOUTQ``); ``notsent``: not yet on the wire, connection and subflows together."""
+        acked = written - outstanding
+        if self._rate_at < 0:
+            self._rate_at, self._rate_acked = now, acked
+        elif now - self._rate_at >= RATE_WINDOW_S:
+            sample = (acked - self._rate_acked) / (now - self._rate_at)
+            self.rate = sample if self.rate == 0 else (self.rate + sample) / 2
+            self._rate_at, self._rate_acked = now, acked
+        self.limit = max(GATE_FLOOR, int(self.rate * GATE_S))
+        self._base = self.limit - notsent
+        self._written_at = written
+        self._at = now
+
+    def room(self, written: int) -> int:
+        return self._base - (written - self._written_at)
 
 
 def flow_key(packet: bytes, offset: int = 0) -> bytes:

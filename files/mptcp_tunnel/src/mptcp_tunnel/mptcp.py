@@ -12,6 +12,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 SOL_MPTCP = 284
@@ -148,9 +149,14 @@ def _sockaddr(raw: bytes, off: int) -> str:
     return ""
 
 
-def subflow_windows(sock: socket.socket) -> list[tuple[int, int]]:
-    """(congestion window in bytes = ``snd_cwnd * snd_mss``, smoothed RTT in µs) of each established
-    subflow."""
+class SubflowWindow(NamedTuple):
+    cwnd_bytes: int  # snd_cwnd * snd_mss
+    srtt_us: int
+    notsent: int  # bytes handed to the subflow and not yet sent (tcpi_notsent_bytes)
+
+
+def subflow_windows(sock: socket.socket) -> list[SubflowWindow]:
+    """Congestion window, smoothed RTT and unsent bytes of each established subflow."""
     infos, n, size = _subflow_request(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)
     base = _SUBFLOW_DATA.size
     out = []
@@ -161,7 +167,8 @@ def subflow_windows(sock: socket.socket) -> list[tuple[int, int]]:
         (mss,) = struct.unpack_from("=I", t, 16)
         (rtt,) = struct.unpack_from("=I", t, 68)
         (cwnd,) = struct.unpack_from("=I", t, 80)
-        out.append((cwnd * mss, rtt))
+        (notsent,) = struct.unpack_from("=I", t, 144)
+        out.append(SubflowWindow(cwnd * mss, rtt, notsent))
     return out
 
 

@@ -35,7 +35,7 @@ from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
-from mptcp_tunnel.fqcodel import FlowQueues, Item
+from mptcp_tunnel.fqcodel import FlowQueues, Item, KernelGate
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, subflow_windows
 from mptcp_tunnel.srcfilter import SourceFilter
@@ -52,6 +52,7 @@ SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent
 SIOCOUTQNSD = 0x894B  # bytes not yet sent at all (MPTCP: not yet handed to a subflow)
 _INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
+GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 
@@ -175,6 +176,9 @@ class Session:
             else None
         )
         self._clock = SojournClock()
+        self._written = 0  # bytes the socket took, all of them (fq_codel: the acknowledged rate)
+        self._gate = KernelGate() if self._fq is not None else None
+        self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
         self._rtt_at = 0  # bytes written when the paths' RTT was last read
         self._path_s = 0.0  # the slowest subflow's smoothed RTT (what the sojourn time excludes)
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
@@ -226,6 +230,7 @@ class Session:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
         if self._aqm is not None and self._clock.written - self._rtt_at > RTT_AFTER_BYTES:
             self._read_path_rtt()
+
         if check_info and not self.ended:
             try:
                 subflows = mptcp_info(self.sock).subflows
@@ -246,7 +251,7 @@ class Session:
         except OSError:
             return
         if windows:
-            self._path_s = max(rtt for _, rtt in windows) / 1e6
+            self._path_s = max(w.srtt_us for w in windows) / 1e6
 
     # --- PtoS: TUN -> stream -----------------------------------------------------------------------
     def _on_tun(self, _events: int) -> None:
@@ -311,10 +316,10 @@ class Session:
         """Straight to the socket while nothing waits (no copy); what it does not take is queued."""
         fq = self._fq
         assert fq is not None
-        if not fq.backlog and not self._tx_tail:
-            # TLS takes a whole batch (what the socket refuses waits as ciphertext, in order, outside
-            # the flow queues): give it only what fits under the kernel's bound
-            fits = _fitting(lengths, self._room()) if self.tls is not None else len(segments)
+        if not fq.backlog and not self._tx_tail and not self._gated:
+            # only what the kernel should still take: the rest waits in the flow queues (TLS would
+            # otherwise take all of it and keep the excess as ciphertext, outside them)
+            fits = _fitting(lengths, self._room())
             sent = self._send_stream(segments[:fits]) if fits else 0
             if sent < 0:
                 return
@@ -327,15 +332,43 @@ class Session:
         for seg in segments:
             fq.enqueue(bytes(seg), now)
         self.stats[QUEUE_DROPS] += fq.overflow_drops - dropped
-        self.loop.modify(self.sock_fd, IN | OUT)
+        if not self._gated:
+            self.loop.modify(self.sock_fd, IN | OUT)
 
     def _room(self) -> int:
-        """How many more bytes the kernel takes before its unsent data reaches ``queue_bytes``."""
+        """fq_codel: bytes the kernel may still take (``KernelGate``): the connection's unsent data
+        and what the subflows hold beyond their windows, against a few ms at the acknowledged rate."""
+        gate = self._gate
+        assert gate is not None
+        now = time.monotonic()
+        if gate.stale(now):
+            try:
+                outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+                notsent = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
+                notsent += sum(w.notsent for w in subflow_windows(self.sock))
+            except OSError:
+                return self.tunnel.batch_bytes
+            gate.measured(now, self._written, outstanding, notsent)
+        return gate.room(self._written)
+
+    def _wait_for_room(self) -> None:
+        """The kernel holds enough: stop watching for writability, look again shortly."""
+        self._gated = True
+        self.loop.modify(self.sock_fd, IN)
+        self.loop.call_later(GATE_POLL_S, self._ungate)
+
+    def _ungate(self) -> None:
+        self._gated = False
+        if self.ended or self._fq is None or not self._fq.backlog:
+            return
         try:
-            notsent: int = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
-        except OSError:
-            return self.tunnel.batch_bytes
-        return self.tunnel.queue_bytes - notsent
+            if self._tx_tail:
+                self.loop.modify(self.sock_fd, IN | OUT)
+            else:
+                self._drain_queue()
+        except Exception as exc:  # a session's bug must never take the worker down
+            log.exception("%s: PtoS failed", self.cpe_id)
+            self.end(f"internal_error: {exc}")
 
     def _account_sent(self, segments: list[memoryview], lengths: list[int], sent: int) -> int:
         """Count what the socket took; a packet it took part of is finished via ``_tx_tail``.
@@ -358,6 +391,7 @@ class Session:
         while fq.backlog and not self._tx_tail and not self.ended:
             budget = min(self.tunnel.batch_bytes, self._room())
             if budget <= 0:
+                self._wait_for_room()
                 return
             drops, marks, shed = fq.drops, fq.marks, fq.overflow_drops
             items: list[Item] = fq.dequeue(time.monotonic(), budget)
@@ -373,6 +407,7 @@ class Session:
             first_untaken = self._account_sent(segments, [len(s) for s in segments], sent)
             if first_untaken < len(items):
                 fq.undo(items[first_untaken:])
+                self.loop.modify(self.sock_fd, IN | OUT)
                 return  # full: the next writable event resumes
         if not fq.backlog and not self._tx_tail and not self.ended:
             self.loop.modify(self.sock_fd, IN)
@@ -457,9 +492,13 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
-        if self._aqm is not None:  # only CoDel needs the write times
-            self._clock.wrote(sent, time.monotonic())
+        self._wrote(sent)
         return sent
+
+    def _wrote(self, nbytes: int) -> None:
+        self._written += nbytes
+        if self._aqm is not None:  # only CoDel needs the write times
+            self._clock.wrote(nbytes, time.monotonic())
 
     def _send_tls(self, segments: list[memoryview]) -> int:
         """All of a batch goes into TLS at once; ciphertext the socket does not take waits in _tx_tail
@@ -487,8 +526,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
-        if self._aqm is not None:  # only CoDel needs the write times
-            self._clock.wrote(sent, time.monotonic())
+        self._wrote(sent)
         if sent < len(data):
             self._tx_tail = data[sent:]
             self.loop.modify(self.sock_fd, IN | OUT)
@@ -502,8 +540,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return
-        if self._aqm is not None:  # only CoDel needs the write times
-            self._clock.wrote(n, time.monotonic())
+        self._wrote(n)
         self._tx_tail = tail[n:]
         if not self._tx_tail:
             if self._fq is not None and self._fq.backlog:
