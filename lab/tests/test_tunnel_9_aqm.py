@@ -6,6 +6,7 @@ alone no longer decides."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -98,3 +99,41 @@ def test_a_standing_queue_is_signalled_by_marks_or_drops(
     else:
         assert drops > 0, f"{aqm} never dropped under 8 bulk flows"
         assert marks == 0 and ce == 0, "Not-ECT packets must never carry CE"
+
+
+def _unsent_in_subflows(lab: Lab) -> int:
+    """Bytes the BGW's subflows hold and have not sent (``ss``: notsent), all subflows together."""
+    out = lab.exec("bgw", ["ss", "-tniH", "state", "established"]).stdout
+    return sum(int(n) for n in re.findall(r"notsent:(\d+)", out))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("aqm", ["none", "fq_codel"])
+def test_fq_codel_keeps_the_subflows_unsent_data_short(tunnel: Lab, aqm: str) -> None:
+    """Under 8 bulk flows the kernel's scheduler hands the subflows far more than their windows
+    (hundreds of KB with ``aqm: none``); fq_codel's gate keeps that to a few ms at the link rate."""
+    lab = tunnel
+    _start_agents(lab, aqm)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            samples.append(_unsent_in_subflows(lab))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        mbps = _download(lab)
+    finally:
+        done.set()
+        sampler.join()
+        _start_agents(lab, "none")
+    steady = sorted(samples[4:])  # after 2 s of ramp-up
+    median = steady[len(steady) // 2]
+    print(f"aqm={aqm}: {mbps:.1f} Mbit/s, subflows' unsent bytes median {median}, max {steady[-1]}")
+    assert mbps > 10, "the download itself must work"
+    if aqm == "fq_codel":
+        assert median <= 48 * 1024, steady  # gate: max(16 KiB, 4 ms at the rate) plus a burst
+    else:
+        assert median > 96 * 1024, steady  # what the gate is for: without it, a deep queue
