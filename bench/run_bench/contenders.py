@@ -45,6 +45,7 @@ OFFLOAD_OF = {
     "mptcp-tunnel-offload": "on",
     "mptcp-tunnel-offload-tls": "on-tls",
 }
+# opt-in tunnel.aqm variants ("mptcp-tunnel" runs the default: the byte bound alone)
 AQM_OF = {"mptcp-tunnel-codel": "codel", "mptcp-tunnel-fq": "fq_codel"}
 
 

@@ -64,14 +64,7 @@ class Settings:
     udp_mbit: float = 1.0
     ceiling_seconds: int = 10
     latency_pings: int = 200
-    latency_contenders: list[str] = field(
-        default_factory=lambda: [
-            "fixed-only",
-            "mptcp-tunnel",
-            "mptcp-tunnel-codel",
-            "mptcp-tunnel-fq",
-        ]
-    )
+    latency_contenders: list[str] = field(default_factory=lambda: list(LATENCY_CONTENDERS))
     latency_flows: list[int] = field(default_factory=lambda: [1, 8])
     latency_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
     ooo_timeout_ms: float = 10.0
@@ -105,12 +98,7 @@ class Settings:
             flows_seconds=8,
             ceiling_seconds=5,
             latency_pings=60,
-            latency_contenders=[
-                "fixed-only",
-                "mptcp-tunnel",
-                "mptcp-tunnel-codel",
-                "mptcp-tunnel-fq",
-            ],
+            latency_contenders=list(LATENCY_CONTENDERS),
             fleet_sizes=[1000],
             fleet_idle_window_s=20.0,
             fairness_seconds=10,

@@ -33,12 +33,14 @@ def _ce_received(lab: Lab) -> int:
     return int(m.group(1))
 
 
-def _start_agents(lab: Lab, aqm: str) -> None:
+def _start_agents(lab: Lab, aqm: str | None) -> None:
+    """Both agents with ``tunnel.aqm: aqm`` (None: the default)."""
     for role in ("bgw", "cpe"):
         lab.stop_agent(role)
     for role in ("bgw", "cpe"):
         cfg = lab.agent_config(role)
-        cfg.setdefault("tunnel", {})["aqm"] = aqm
+        if aqm is not None:
+            cfg.setdefault("tunnel", {})["aqm"] = aqm
         lab.start_agent(role, cfg)
     lab.wait_tunnel(30)
 
@@ -58,7 +60,7 @@ def ce_counter(tunnel: Lab) -> Iterator[Lab]:
     finally:
         lab.exec("client", ["nft", "delete", "table", "inet", CE_TABLE], check=False)
         lab.exec("client", ["sysctl", "-qw", "net.ipv4.tcp_ecn=2"], check=False)
-        _start_agents(lab, "none")
+        _start_agents(lab, None)
 
 
 def _download(lab: Lab) -> float:
@@ -128,7 +130,7 @@ def test_fq_codel_keeps_the_subflows_unsent_data_short(tunnel: Lab, aqm: str) ->
     finally:
         done.set()
         sampler.join()
-        _start_agents(lab, "none")
+        _start_agents(lab, None)
     steady = sorted(samples[4:])  # after 2 s of ramp-up
     median = steady[len(steady) // 2]
     print(f"aqm={aqm}: {mbps:.1f} Mbit/s, subflows' unsent bytes median {median}, max {steady[-1]}")

@@ -49,7 +49,7 @@ class TunnelSettings:
     workers: int = 0  # BGW worker processes; 0 = one per core
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
-    aqm: AqmSettings | None = None  # None = the byte bound only (the default); CoDel is opt-in
+    aqm: AqmSettings | None = None  # None = the byte bound only (the default); codel, fq_codel opt-in
 
 
 def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:

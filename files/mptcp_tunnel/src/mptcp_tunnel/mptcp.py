@@ -108,6 +108,7 @@ def subflow_local_addresses(sock: socket.socket) -> list[str]:
 
 
 MPTCP_TCPINFO = 2
+TCP_CA_LOSS = 4
 # struct tcp_info fields read here (offsets from <linux/tcp.h>; every field up to bytes_retrans
 # exists since Linux 4.19, older kernels return less and the missing fields read 0).
 _TCP_INFO_SIZE = 232
@@ -153,6 +154,7 @@ class SubflowWindow(NamedTuple):
     cwnd_bytes: int  # snd_cwnd * snd_mss
     srtt_us: int
     notsent: int  # bytes handed to the subflow and not yet sent (tcpi_notsent_bytes)
+    stalled: bool  # in RTO recovery (backoff, or the Loss state): its data waits for reinjection
 
 
 def subflow_windows(sock: socket.socket) -> list[SubflowWindow]:
@@ -168,7 +170,8 @@ def subflow_windows(sock: socket.socket) -> list[SubflowWindow]:
         (rtt,) = struct.unpack_from("=I", t, 68)
         (cwnd,) = struct.unpack_from("=I", t, 80)
         (notsent,) = struct.unpack_from("=I", t, 144)
-        out.append(SubflowWindow(cwnd * mss, rtt, notsent))
+        stalled = t[1] == TCP_CA_LOSS or t[4] > 0  # tcpi_ca_state, tcpi_backoff
+        out.append(SubflowWindow(cwnd * mss, rtt, notsent, stalled))
     return out
 
 

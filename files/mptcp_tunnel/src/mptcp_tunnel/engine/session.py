@@ -345,7 +345,9 @@ class Session:
             try:
                 outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
                 notsent = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
-                notsent += sum(w.notsent for w in subflow_windows(self.sock))
+                # a subflow in RTO recovery (a dead link) keeps its unsent data until the
+                # connection reinjects it elsewhere: it must not hold the survivors back
+                notsent += sum(w.notsent for w in subflow_windows(self.sock) if not w.stalled)
             except OSError:
                 return self.tunnel.batch_bytes
             gate.measured(now, self._written, outstanding, notsent)
