@@ -378,6 +378,7 @@ class Session:
         cut, offset, first_untaken = after_short_send(lengths, sent)
         if cut is not None:
             self._tx_tail = bytes(segments[cut][offset:])
+            self.loop.modify(self.sock_fd, IN | OUT)  # the tail goes first, when the socket drains
         if sent:
             self.stats[TX_PACKETS] += first_untaken
             self.stats[TX_BYTES] += sum(lengths[:first_untaken]) - self.stream_hdr * first_untaken
