@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="fig9_varying: the cellular rate trace (mtlab.trace spec: walk:... or file:PATH,...)",
     )
+    p.add_argument(
+        "--flows-contenders",
+        default=None,
+        help="many_flows: comma-separated contenders (e.g. mptcp-tunnel,mptcp-tunnel-fq)",
+    )
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     p.add_argument(
         "--fleet-sizes", default=None, help="fleet_scale: comma-separated N (default 1000,10000)"
@@ -112,6 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(spec, FileSpec):
             spec = dataclasses.replace(spec, path=spec.path.resolve())
         settings.varying_trace = spec.text()
+    if args.flows_contenders:
+        from run_bench.contenders import CONTENDERS
+
+        wanted = [c for c in args.flows_contenders.split(",") if c]
+        bad = [c for c in wanted if c not in CONTENDERS]
+        if bad or not wanted:
+            print(
+                f"run_bench: --flows-contenders: unknown {bad[0] if bad else 'empty list'!r}"
+                f" (have: {', '.join(CONTENDERS)})",
+                file=sys.stderr,
+            )
+            return 2
+        settings.flows_contenders = wanted
     settings.fleet_workers = args.fleet_workers
     settings.fleet_offload = args.fleet_offload
     chosen = [s for s in ORDER if s in chosen]
