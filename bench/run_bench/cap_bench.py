@@ -26,7 +26,7 @@ from mtlab.capping import (
 )
 from mtlab.measure import iperf3
 
-from run_bench.contenders import Agents
+from run_bench.contenders import Agents, link_settings
 from run_bench.results import Progress, ScenarioResult
 
 PHASES = ("before", "spending", "spent", "spent, fixed cut", "spent, fixed repaired")
@@ -47,17 +47,10 @@ def cap(
     res = ScenarioResult(
         "cap", {"seconds": seconds, "cap": f"{cap_mb}MB", "period": "daily", "policy": "aggregate"}
     )
-    res.links = {
-        name: {"rate_mbit": p.rate_mbit, "rtt_ms": 2 * p.delay_ms, "loss_pct": p.loss_pct}
-        for name, p in lab.links.items()
-    }
-    agents.stop()
-    lab.start_agent("bgw")
+    res.links = link_settings(lab)
     cfg = cap_config(lab, f"{cap_mb}MB")
     shutil.rmtree(cfg["cpe"]["state_dir"], ignore_errors=True)  # a fresh period's usage
-    lab.start_agent("cpe", cfg)
-    agents.mode = "mptcp-cap"  # the next scenario restarts the agents
-    lab.wait_tunnel(30)
+    agents.start_cpe_config(cfg, "mptcp-cap")
     wait_subflows(lab)
     try:
         for phase in PHASES:

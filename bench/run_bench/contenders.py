@@ -152,6 +152,23 @@ class Agents:
             self.lab.stop_agent(role)
         self.mode = "none"
 
+    def start_cpe_config(self, cfg: dict[str, Any], mode: str) -> None:
+        """The shipped BGW and a CPE with ``cfg``, tunnel up. ``mode`` names the setup; it is not
+        one ``ensure`` knows, so the next scenario restarts the agents."""
+        self.stop()
+        self.lab.start_agent("bgw")
+        self.lab.start_agent("cpe", cfg)
+        self.mode = mode
+        self.lab.wait_tunnel(30)
+
+
+def link_settings(lab: Lab) -> dict[str, dict[str, Any]]:
+    """Each link's emulation settings, as a scenario records them."""
+    return {
+        name: {"rate_mbit": p.rate_mbit, "rtt_ms": 2 * p.delay_ms, "loss_pct": p.loss_pct}
+        for name, p in lab.links.items()
+    }
+
 
 def bulk(
     lab: Lab,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from mtlab import Lab, LabError
 from mtlab.failover import measure
 
-from run_bench.contenders import Agents
+from run_bench.contenders import Agents, link_settings
 from run_bench.results import Progress, ScenarioResult, warn
 
 KINDS = ("cut", "carrier")
@@ -24,14 +24,10 @@ POLICIES = ("aggregate", "backup")
 
 def _start(lab: Lab, agents: Agents, policy: str) -> None:
     """The shipped configuration with ``cpe.policy`` set (later scenarios get a restart)."""
-    agents.stop()
-    lab.start_agent("bgw")
     cfg = lab.agent_config("cpe")
     cfg["cpe"]["policy"] = policy
-    lab.start_agent("cpe", cfg)
-    lab.wait_tunnel(30)
+    agents.start_cpe_config(cfg, f"mptcp-policy-{policy}")
     agents._wait_subflows()
-    agents.mode = f"mptcp-policy-{policy}"  # not a mode ensure() knows: the next scenario restarts
 
 
 def failover(
@@ -45,10 +41,7 @@ def failover(
     quick: bool = getattr(s, "quick", False)
     timing = {"before_s": 6.0, "down_s": 6.0, "after_s": 8.0} if quick else {}
     res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, **timing})
-    res.links = {
-        name: {"rate_mbit": p.rate_mbit, "rtt_ms": 2 * p.delay_ms, "loss_pct": p.loss_pct}
-        for name, p in lab.links.items()
-    }
+    res.links = link_settings(lab)
     for policy in POLICIES:
         _start(lab, agents, policy)
         for kind in KINDS:

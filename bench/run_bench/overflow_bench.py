@@ -15,7 +15,7 @@ from collections.abc import Callable
 from mtlab import Lab, LabError, address
 from mtlab.measure import iperf3
 
-from run_bench.contenders import Agents
+from run_bench.contenders import Agents, link_settings
 from run_bench.results import Progress, ScenarioResult
 
 DEMANDS = ("3M", "6M", "8M", "bulk")  # fixed link 10 Mbit/s
@@ -30,18 +30,11 @@ def overflow(
 ) -> ScenarioResult:
     seconds = 10 if getattr(s, "quick", False) else 20
     res = ScenarioResult("overflow", {"seconds": seconds, "demands": list(DEMANDS)})
-    res.links = {
-        name: {"rate_mbit": p.rate_mbit, "rtt_ms": 2 * p.delay_ms, "loss_pct": p.loss_pct}
-        for name, p in lab.links.items()
-    }
-    agents.stop()
-    lab.start_agent("bgw")
+    res.links = link_settings(lab)
     cfg = lab.agent_config("cpe")
     cfg["cpe"]["policy"] = "overflow"
     cfg["cpe"]["links"][0]["rate_mbit"] = lab.links["fixed"].rate_mbit
-    lab.start_agent("cpe", cfg)
-    agents.mode = "mptcp-policy-overflow"  # the next scenario restarts the agents
-    lab.wait_tunnel(30)
+    agents.start_cpe_config(cfg, "mptcp-policy-overflow")
     agents._wait_subflows()
     for demand in DEMANDS:
         # Start from "cellular out": wait for a leave after the previous (bulk) point.

@@ -19,6 +19,7 @@ from run_bench.contenders import (
     Agents,
     bulk,
     congestion,
+    link_settings,
     path_of,
     series,
     stream_mbps,
@@ -138,15 +139,9 @@ def reset_links(lab: Lab) -> None:
 
 
 def _links_record(lab: Lab, check: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, p in lab.links.items():
-        info = check["links"].get(name, {})
-        out[name] = {
-            "rate_mbit": p.rate_mbit,
-            "rtt_ms": 2 * p.delay_ms,
-            "loss_pct": p.loss_pct,
-            "measured_rtt_ms": info.get("measured_rtt_ms"),
-        }
+    out = link_settings(lab)
+    for name, settings in out.items():
+        settings["measured_rtt_ms"] = check["links"].get(name, {}).get("measured_rtt_ms")
     return out
 
 

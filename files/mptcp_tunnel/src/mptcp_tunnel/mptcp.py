@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -105,6 +106,21 @@ def subflow_local_addresses(sock: socket.socket) -> list[str]:
         elif family == socket.AF_INET6:
             addresses.append(socket.inet_ntop(socket.AF_INET6, buf.raw[off + 8 : off + 24]))
     return addresses
+
+
+SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
+SIOCOUTQNSD = 0x894B  # bytes not yet sent at all (MPTCP: not yet handed to a subflow)
+_INT = struct.Struct("i")
+
+
+def unacked_bytes(fd: int) -> int:
+    """Bytes the connection still holds: sent but not yet data-acknowledged, or unsent."""
+    return int(_INT.unpack(fcntl.ioctl(fd, SIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes the connection has not yet handed to any subflow."""
+    return int(_INT.unpack(fcntl.ioctl(fd, SIOCOUTQNSD, b"\0\0\0\0"))[0])
 
 
 MPTCP_TCPINFO = 2

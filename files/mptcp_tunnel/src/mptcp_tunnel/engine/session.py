@@ -23,11 +23,9 @@ header of 21 536 bytes); the session ends with ``stream_stalled``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 
@@ -37,7 +35,13 @@ from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
 from mptcp_tunnel.fqcodel import FlowQueues, Item, KernelGate
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
-from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, subflow_windows
+from mptcp_tunnel.mptcp import (
+    MptcpFallback,
+    mptcp_info,
+    subflow_windows,
+    unacked_bytes,
+    unsent_bytes,
+)
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tls import TlsChannel, TlsError
 from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
@@ -48,9 +52,6 @@ DEAD_AFTER_KEEPALIVES = 3
 MAX_BATCH_PACKETS = 64
 RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after these
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
-SIOCOUTQNSD = 0x894B  # bytes not yet sent at all (MPTCP: not yet handed to a subflow)
-_INT = struct.Struct("i")
 MAX_SUPER_PACKET = 65535
 GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
@@ -343,8 +344,8 @@ class Session:
         now = time.monotonic()
         if gate.stale(now):
             try:
-                outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
-                notsent = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQNSD, b"\0\0\0\0"))[0]
+                outstanding = unacked_bytes(self.sock_fd)
+                notsent = unsent_bytes(self.sock_fd)
                 # a subflow in RTO recovery (a dead link) keeps its unsent data until the
                 # connection reinjects it elsewhere: it must not hold the survivors back
                 notsent += sum(w.notsent for w in subflow_windows(self.sock) if not w.stalled)
@@ -422,7 +423,7 @@ class Session:
         if not self._path_s:  # the paths' RTT is not known yet (the first second of traffic)
             return
         try:
-            outstanding = _INT.unpack(fcntl.ioctl(self.sock_fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+            outstanding = unacked_bytes(self.sock_fd)
         except OSError:
             return
         now = time.monotonic()
