@@ -21,7 +21,6 @@ from mtlab.capping import (
     cap_config,
     link_bytes,
     moved,
-    wait_metric,
     wait_subflows,
 )
 from mtlab.measure import iperf3
@@ -56,10 +55,10 @@ def cap(
         for phase in PHASES:
             if phase == "spent, fixed cut":
                 lab.cut("fixed")
-                wait_metric(lab, FIXED_UP, 0, 10)
+                lab.wait_metric(FIXED_UP, 0, 10)
             elif phase == "spent, fixed repaired":
                 lab.restore("fixed")
-                wait_metric(lab, FIXED_UP, 1, 15)
+                lab.wait_metric(FIXED_UP, 1, 15)
                 wait_subflows(lab)
             runs = 4 if phase == "spending" else 1
             before = link_bytes(lab)

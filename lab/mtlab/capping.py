@@ -7,12 +7,11 @@ local time is furthest from a midnight right now, so a run of a few minutes stay
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .lab import Lab, LabError
+from .lab import Lab
 
 ZONES = ("UTC", "Asia/Tokyo", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Kiritimati")
 CELL_CAP_SPENT = 'mptcp_tunnel_cap_spent{link="cellular"}'
@@ -60,14 +59,6 @@ def moved(lab: Lab, before: dict[str, int]) -> dict[str, int]:
     return {k: now[k] - before[k] for k in before}
 
 
-def wait_metric(lab: Lab, key: str, value: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while lab.metrics("cpe").get(key) != value:
-        if time.monotonic() > deadline:
-            raise LabError(f"{key} did not become {value} within {timeout} s")
-        time.sleep(0.5)
-
-
 def wait_subflows(lab: Lab, count: int = 2, timeout: float = 20.0) -> None:
     key = 'mptcp_tunnel_subflows{cpe="cpe1"}'
-    wait_metric(lab, key, float(count), timeout)
+    lab.wait_metric(key, float(count), timeout)

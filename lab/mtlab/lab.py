@@ -510,6 +510,14 @@ class Lab:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
         return out
 
+    def wait_metric(self, key: str, value: float, timeout: float, role: str = "cpe") -> None:
+        """Until the agent's sample ``key`` equals ``value`` (LabError after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while self.metrics(role).get(key) != value:
+            if time.monotonic() > deadline:
+                raise LabError(f"{key} did not become {value} within {timeout} s")
+            time.sleep(0.5)
+
     def ping(self, src: str, dst: str, count: int = 1, timeout: float = 2.0) -> bool:
         res = self.exec(
             src,

@@ -43,13 +43,6 @@ def _snapshot(lab: Lab) -> dict[str, Any]:
     return snap
 
 
-def _wait_metric(lab: Lab, key: str, value: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while lab.metrics("cpe").get(key) != value:
-        assert time.monotonic() < deadline, f"{key} did not become {value}"
-        time.sleep(0.5)
-
-
 @pytest.mark.timeout(150)
 def test_overflow_cellular_joins_only_above_the_fixed_capacity(tunnel: Lab) -> None:
     lab = tunnel
@@ -79,7 +72,7 @@ def test_overflow_cellular_joins_only_above_the_fixed_capacity(tunnel: Lab) -> N
         assert above["cellular"] > 2_000_000, f"cellular did not join: {above}"
         assert high.mbps > 10.5, "no more than the fixed link alone carries"
         # idle again -> cellular leaves after leave_after_s
-        _wait_metric(lab, ACTIVE, 0, 15)
+        lab.wait_metric(ACTIVE, 0, 15)
         assert "policy overflow: cellular leaves" in lab.log("agent-cpe")
         assert _snapshot(lab)["links"][1]["backup"] is True
     finally:

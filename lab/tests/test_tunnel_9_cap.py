@@ -20,7 +20,6 @@ from mtlab.capping import (
     cap_config,
     link_bytes,
     moved,
-    wait_metric,
     wait_subflows,
 )
 from mtlab.measure import iperf3
@@ -70,7 +69,7 @@ def test_a_spent_cap_keeps_cellular_for_failover_only(tunnel: Lab) -> None:
         mbps, m = _download(lab, 15)
         print(f"spending the cap: {mbps:.2f} Mbit/s, link bytes {m}")
         assert m["cellular"] > CAP * 0.9, f"cellular did not carry its share before the cap: {m}"
-        wait_metric(lab, CELL_CAP_SPENT, 1, 5)
+        lab.wait_metric(CELL_CAP_SPENT, 1, 5)
         log = lab.log("agent-cpe")
         assert "cellular cap spent: " in log and "of 4 MB used in period from " in log
         assert "backup flag set" in log
@@ -95,14 +94,14 @@ def test_a_spent_cap_keeps_cellular_for_failover_only(tunnel: Lab) -> None:
         _cellular_idle(lab, "spent, after a restart")
         # The fixed link cut: cellular carries everything, as in a failover.
         lab.cut("fixed")
-        wait_metric(lab, FIXED_UP, 0, 10)
+        lab.wait_metric(FIXED_UP, 0, 10)
         mbps, m = _download(lab, 8)
         print(f"fixed cut: {mbps:.2f} Mbit/s, link bytes {m}")
         assert m["cellular"] > 2_500_000, f"cellular did not take over with the fixed link cut: {m}"
         assert mbps > 0.5 * lab.links["cellular"].rate_mbit
         # Repaired: back off cellular.
         lab.restore("fixed")
-        wait_metric(lab, FIXED_UP, 1, 15)
+        lab.wait_metric(FIXED_UP, 1, 15)
         wait_subflows(lab)
         _cellular_idle(lab, "fixed repaired")
         assert lab.metrics("cpe")[CELL_CAP_SPENT] == 1
@@ -124,13 +123,13 @@ def test_raising_the_cap_is_a_reload_that_brings_cellular_back(tunnel: Lab) -> N
         wait_subflows(lab)
         if lab.metrics("cpe").get(CELL_CAP_SPENT) != 1:  # run alone: spend it first
             _download(lab, 12)
-            wait_metric(lab, CELL_CAP_SPENT, 1, 5)
+            lab.wait_metric(CELL_CAP_SPENT, 1, 5)
         pid = lab.pid("agent-cpe")
         reconnects = lab.metrics("cpe").get("mptcp_tunnel_reconnects_total", 0)
         lab.write_agent_config("cpe", cap_config(lab, "1GB"))
         assert pid is not None
         os.kill(pid, signal.SIGHUP)
-        wait_metric(lab, CELL_CAP_SPENT, 0, 10)
+        lab.wait_metric(CELL_CAP_SPENT, 0, 10)
         assert "cellular cap no longer spent: " in lab.log("agent-cpe")
         time.sleep(1.5)
         assert [lk["backup"] for lk in _snapshot(lab)["links"]] == [False, False]
