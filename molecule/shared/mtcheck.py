@@ -104,7 +104,7 @@ def iperf3(client: Any, server: Any, dst: str, args: str = "", seconds: int = 5)
 
 
 def tcp_upload(
-    client: Any, server: Any, dst: str, cpe: Any, floor_mbps: float, seconds: int = 6
+    client: Any, server: Any, dst: str, cpe: Any, floor_mbps: float, seconds: int = 8
 ) -> tuple[float, dict[str, float]]:
     """One TCP flow client -> server: (Mbit/s, MB the CPE sent on each access link meanwhile).
 
@@ -112,8 +112,8 @@ def tcp_upload(
     """
     for attempt in (1, 2):
         sent0 = {dev: tx_bytes(cpe, dev) for dev in ("wan_fixed", "wan_cell")}
-        # -O 1: the first second (slow start, the second subflow joining) is not counted
-        result = iperf3(client, server, dst, args="-O 1", seconds=seconds)
+        # -O 3: slow start and the queues filling (a burst, then a dip) are not counted
+        result = iperf3(client, server, dst, args="-O 3", seconds=seconds)
         mbps = float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
         sent = {dev: (tx_bytes(cpe, dev) - b) / 1e6 for dev, b in sent0.items()}
         print(f"attempt {attempt}: TCP {mbps:.1f} Mbit/s; the CPE sent (MB) {sent}")
