@@ -23,6 +23,7 @@ header of 21 536 bytes); the session ends with ``stream_stalled``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -56,6 +57,7 @@ MAX_SUPER_PACKET = 65535
 GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
+_unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is reported once
 
 # Counter slots of a session (Session.stats); the worker reports their deltas.
 (
@@ -193,10 +195,30 @@ class Session:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._bounded:  # bound the unsent data in the socket: the tunnel's queue
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self.tunnel.queue_bytes)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self.tunnel.queue_bytes)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    raise
+                self._run_unbounded()
         set_offload(self.tun_fd, self.vnet)
         self.loop.register(self.sock_fd, IN, self._on_socket)
         self.loop.register(self.tun_fd, IN, self._on_tun)
+
+    def _run_unbounded(self) -> None:
+        """MPTCP before Linux 6.9 has no TCP_NOTSENT_LOWAT: without it neither the byte bound nor an
+        AQM sees the queue, so the session runs as with ``queue_bytes: 0`` (backpressure)."""
+        global _unbounded_warned
+        self._bounded = False
+        self._aqm = self._fq = self._gate = None
+        if not _unbounded_warned:
+            _unbounded_warned = True
+            log.warning(
+                "this kernel's MPTCP has no TCP_NOTSENT_LOWAT (Linux %s; it needs 6.9 or later): "
+                "tunnel.queue_bytes and tunnel.aqm are ignored, the tunnel's queue is the socket's "
+                "send buffer",
+                os.uname().release,
+            )
 
     def end(self, reason: str) -> None:
         """End the session (idempotent): unregister, close the socket (and the TUN fd if ours)."""
