@@ -56,7 +56,7 @@ molecule: setup
 	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
 
 # Only the podman scenarios, or only the QEMU one (software emulation, ~1 core per VM).
-# molecule-vm-e2e: not part of `make test` yet (unfinished: see molecule/README.md).
+# molecule-vm-e2e (~10.5 min): not in `make test` (it would reach the 60-minute budget); .ci/run runs it.
 molecule-containers: setup
 	molecule/run-all.sh default fleet
 
