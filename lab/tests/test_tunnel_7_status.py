@@ -52,10 +52,33 @@ def test_status_shows_links_and_subflows(tunnel: Lab) -> None:
     assert "policy aggregate" in text and "session up via" in text
     assert any(line.startswith("fixed ") and " up " in line for line in text.splitlines())
     assert any(line.startswith("cellular ") and "established" in line for line in text.splitlines())
-    rc, out, err = _status(tunnel, "bgw", "--json")
+    # the BGW: each session's subflows as its worker read them (every 5 s at most, while it is busy)
+    deadline = time.monotonic() + 30
+    while True:
+        rc, out, err = _status(tunnel, "bgw", "--json")
+        assert rc == 0, err
+        bgw = json.loads(out)
+        cpe1 = bgw["cpes"][0]
+        rows = [r for r in cpe1.get("subflow_details", []) if r["state"] == "established"]
+        # a reading from before the upload (the session's first traffic) is replaced within 5 s of
+        # traffic: the pings below
+        uploaded = all(r["bytes_received"] > 100_000 for r in rows)
+        if (len(rows) == 2 and uploaded) or time.monotonic() > deadline:
+            break
+        ping = ["ping", "-c", "5", "-i", "0.2", address("server", "eth0")]
+        tunnel.exec("client", ping, check=False)  # traffic: the session is read again
+    print(json.dumps(bgw, indent=1))
+    assert bgw["role"] == "bgw" and cpe1["id"] == "cpe1" and cpe1["up"]
+    cpe_ends = {address("cpe", "wan_fixed"), address("cpe", "wan_cell")}
+    assert {r["remote"] for r in rows} == cpe_ends, cpe1
+    for r in rows:
+        assert 40 <= r["rtt_ms"] <= 400 and r["cwnd"] > 0, r
+        assert r["bytes_received"] > 100_000, r  # the upload above arrived over both
+    assert 0 <= cpe1["subflows_age_s"] <= 30
+    rc, text, err = _status(tunnel, "bgw")
     assert rc == 0, err
-    bgw = json.loads(out)
-    assert bgw["role"] == "bgw" and bgw["cpes"][0]["id"] == "cpe1" and bgw["cpes"][0]["up"]
+    lines = [ln for ln in text.splitlines() if ln.startswith("cpe1 ") and "established" in ln]
+    assert len(lines) == 2, text
 
 
 def test_per_subflow_metrics(tunnel: Lab) -> None:

@@ -117,12 +117,20 @@ while time.monotonic() - start < 6 and not closed:
         if not data:
             closed = "cpe" if s is cpe else "bgw"
             break
-        (bgw if s is cpe else cpe).sendall(data)
         seen["up" if s is cpe else "down"] += data
+        try:
+            (bgw if s is cpe else cpe).sendall(data)
+        except OSError:  # that end already closed (the BGW ends a session it cannot authenticate)
+            closed = "bgw" if s is cpe else "cpe"
+            break
     if inject and not injected and time.monotonic() - start > 2:
         # A forged IPv4 packet from the CPE's LAN, spliced into the stream between records.
         pkt = bytes.fromhex("4500001c000040004011") + bytes(2) + bytes([192,168,10,7, 10,1,0,2]) + bytes(8)
-        bgw.sendall(pkt); injected = True
+        injected = True
+        try:
+            bgw.sendall(pkt)
+        except OSError:
+            closed = "bgw"
 print(json.dumps({"closed": closed, "up": seen["up"].hex(), "down": seen["down"].hex()}), flush=True)
 """
 

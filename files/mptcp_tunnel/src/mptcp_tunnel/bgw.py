@@ -29,7 +29,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify
+from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, status
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload, tunnel_to_wire
 from mptcp_tunnel.engine import channel
@@ -163,6 +163,8 @@ class BgwAgent:
         self.admitting: dict[tuple[str, int], tuple[str, int]] = {}  # (cpe, gen) -> (source, worker)
         self.limiter = LogLimiter()
         self.own_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        # CPE id -> (when, rows): each active session's subflows as its worker last read them (status)
+        self.subflow_views: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         runtime.on_reload = self.reload
 
     # --- main --------------------------------------------------------------------------------------
@@ -366,6 +368,11 @@ class BgwAgent:
                 metrics.apply_session_stats(cpe_id, deltas)
                 if subflows:
                     metrics.SUBFLOWS.labels(cpe_id).set(subflows)
+        elif op == "subflows":
+            now = time.monotonic()
+            for cpe_id, rows in message["cpes"].items():
+                if cpe_id in handle.cpes:  # a late report of an ended session is not kept
+                    self.subflow_views[cpe_id] = (now, rows)
         elif op == "ended":
             cpe_id, reason = message["cpe"], message["reason"]
             if reason.startswith("frame_error: "):
@@ -394,8 +401,13 @@ class BgwAgent:
         mode = "offload" if vnet else "per-packet"
         log.info("CPE %s: session up from %s (worker %d, %s%s)", slot.entry.id, peer, handle.index, how, mode)
 
+    def snapshot(self) -> dict[str, Any]:
+        """``mptcp-tunnel status`` (called from the control socket's thread)."""
+        return status.bgw_snapshot(self.subflow_views, time.monotonic())
+
     def _session_down(self, slot: CpeSlot, reason: str) -> None:
         slot.up = False
+        self.subflow_views.pop(slot.entry.id, None)
         metrics.SESSION_UP.labels(slot.entry.id).set(0)
         metrics.SUBFLOWS.labels(slot.entry.id).set(0)
         metrics.SESSION_OFFLOAD.labels(slot.entry.id).set(0)

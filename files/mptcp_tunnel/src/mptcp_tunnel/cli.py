@@ -161,12 +161,11 @@ def _status(config: str | None, path: str | None, as_json: bool) -> int:
 
 def _control(cfg: AgentConfig, agent: Any) -> Any:
     """Start the control socket for ``agent`` (None when disabled or unavailable)."""
-    from mptcp_tunnel import control, status
+    from mptcp_tunnel import control
 
     if not cfg.control_socket:
         return None
-    snap = agent.snapshot if cfg.role == "cpe" else status.bgw_snapshot
-    server = control.ControlServer(cfg.control_socket, snap)
+    server = control.ControlServer(cfg.control_socket, agent.snapshot)
     return server if server.start() else None
 
 

@@ -6,7 +6,7 @@ Pure functions: the agent gathers the facts (subflows from getsockopt, link stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mptcp_tunnel.cap import format_bytes
@@ -35,21 +35,7 @@ def cpe_snapshot(
     rows = []
     for sf in subflows:
         link = by_address.get(sf.local)
-        rows.append(
-            {
-                "link": link,
-                "local": sf.local,
-                "remote": sf.remote,
-                "state": sf.state,
-                "backup": backup.get(link, False) if link else False,
-                "rtt_ms": round(sf.rtt_us / 1000, 1),
-                "cwnd": sf.cwnd,
-                "bytes_sent": sf.bytes_sent,
-                "bytes_received": sf.bytes_received,
-                "bytes_retrans": sf.bytes_retrans,
-                "retransmits": sf.total_retrans,
-            }
-        )
+        rows.append({"link": link, **subflow_row(sf), "backup": backup.get(link, False) if link else False})
     return {
         "schema": SCHEMA,
         "role": "cpe",
@@ -72,6 +58,21 @@ def cpe_snapshot(
         ],
         "subflows": rows,
         "caps": caps or [],
+    }
+
+
+def subflow_row(sf: SubflowInfo) -> dict[str, Any]:
+    """One subflow as both roles show it (JSON-safe: the BGW's workers send it as it is)."""
+    return {
+        "local": sf.local,
+        "remote": sf.remote,
+        "state": sf.state,
+        "rtt_ms": round(sf.rtt_us / 1000, 1),
+        "cwnd": sf.cwnd,
+        "bytes_sent": sf.bytes_sent,
+        "bytes_received": sf.bytes_received,
+        "bytes_retrans": sf.bytes_retrans,
+        "retransmits": sf.total_retrans,
     }
 
 
@@ -103,7 +104,26 @@ def render(snap: dict[str, Any]) -> str:
             ]
             for c in snap.get("cpes", [])
         ]
-        return "\n".join(lines + _table(["cpe", "session", "subflows", "tx", "rx"], rows)) + "\n"
+        lines += _table(["cpe", "session", "subflows", "tx", "rx"], rows)
+        sf_rows = [
+            [
+                c["id"],
+                f"{sf['local']} -> {sf['remote']}",
+                sf["state"],
+                f"{sf['rtt_ms']:.1f}",
+                str(sf["cwnd"]),
+                _bytes(sf["bytes_sent"]),
+                _bytes(sf["bytes_received"]),
+                str(sf["retransmits"]),
+                f"{c['subflows_age_s']:.0f} s",
+            ]
+            for c in snap.get("cpes", [])
+            for sf in c.get("subflow_details") or []
+        ]
+        if sf_rows:
+            head = ["cpe", "subflow", "state", "rtt ms", "cwnd", "sent", "received", "retrans", "read"]
+            lines += ["", *_table(head, sf_rows)]
+        return "\n".join(lines) + "\n"
     s = snap["session"]
     ps = snap.get("policy_state") or {}
     overflow = ""
@@ -170,8 +190,13 @@ def render(snap: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bgw_snapshot() -> dict[str, Any]:
-    """The BGW's view, from its metrics registry (the control process owns every session's state)."""
+def bgw_snapshot(
+    subflows: Mapping[str, tuple[float, list[dict[str, Any]]]] | None = None, now: float = 0.0
+) -> dict[str, Any]:
+    """The BGW's view, from its metrics registry (the control process owns every session's state),
+    and each active session's subflows as its worker last read them (``subflows``: CPE id ->
+    (monotonic time of the reading, rows of ``subflow_row``)).
+    """
     from mptcp_tunnel import metrics
 
     cpes: dict[str, dict[str, Any]] = {}
@@ -190,4 +215,8 @@ def bgw_snapshot() -> dict[str, Any]:
                 entry(cpe)["subflows"] = int(sample.value)
             elif sample.name == "mptcp_tunnel_bytes_total":
                 entry(cpe)[f"{sample.labels['direction']}_bytes"] = int(sample.value)
+    for cpe, (read_at, rows) in dict(subflows or {}).items():
+        if cpe in cpes:
+            cpes[cpe]["subflow_details"] = rows
+            cpes[cpe]["subflows_age_s"] = round(max(0.0, now - read_at), 1)
     return {"schema": SCHEMA, "role": "bgw", "cpes": sorted(cpes.values(), key=lambda c: c["id"])}

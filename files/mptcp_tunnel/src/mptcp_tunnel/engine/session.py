@@ -162,6 +162,7 @@ class Session:
         self.ended = False
         self.subflows = 0
         self.round_subflows = -1  # subflows as last reported
+        self.subflows_read_at = 0.0  # the worker's last per-subflow reading (BGW status)
         self.stats = [0] * len(STAT_NAMES)
         self.reported = [0] * len(STAT_NAMES)
         self.tls = tls

@@ -33,7 +33,9 @@ from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
+from mptcp_tunnel.mptcp import subflow_infos
 from mptcp_tunnel.srcfilter import SourceFilter
+from mptcp_tunnel.status import subflow_row
 from mptcp_tunnel.tls import TlsChannel, load_contexts
 from mptcp_tunnel.tun import VNET_HDR_LEN
 
@@ -42,6 +44,11 @@ log = logging.getLogger("mptcp_tunnel.worker")
 HOUSEKEEPING_S = 1.0
 INFO_EVERY = 30  # MPTCP_INFO (subflows, fallback) per session every 30 s, spread over the rounds
 STATS_S = 1.0
+# `status` on the BGW: a session that moved bytes has its subflows read at most every 5 s, and at most
+# 200 sessions are read per report (a fleet's cost stays bounded); 100 CPEs per message.
+SUBFLOWS_EVERY_S = 5.0
+SUBFLOWS_PER_REPORT = 200
+SUBFLOWS_PER_MESSAGE = 100
 
 
 def _prefixes(raw: list[str]) -> tuple[IPNetwork, ...]:
@@ -252,6 +259,8 @@ class Worker:
 
     def _report_stats(self) -> None:
         cpes: dict[str, Any] = {}
+        details: dict[str, list[dict[str, Any]]] = {}
+        now = time.monotonic()
         for session in self.dirty:
             if session.ended:
                 continue
@@ -259,9 +268,16 @@ class Worker:
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
+            if len(details) < SUBFLOWS_PER_REPORT and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
+                session.subflows_read_at = now
+                with contextlib.suppress(OSError):
+                    details[session.cpe_id] = [subflow_row(sf) for sf in subflow_infos(session.sock)]
         self.dirty.clear()
         if cpes:
             self._send({"op": "stats", "cpes": cpes})
+        batch = list(details.items())
+        for i in range(0, len(batch), SUBFLOWS_PER_MESSAGE):
+            self._send({"op": "subflows", "cpes": dict(batch[i : i + SUBFLOWS_PER_MESSAGE])})
 
     def _send_stats_of(self, session: Session) -> None:
         deltas = session.take_deltas()
