@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="many_flows: comma-separated contenders (e.g. mptcp-tunnel,mptcp-tunnel-fq)",
     )
+    p.add_argument(
+        "--latency-contenders",
+        default=None,
+        help="latency: comma-separated contenders (e.g. fixed-only,mptcp-tunnel-fq-shaped)",
+    )
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     p.add_argument(
         "--fleet-sizes", default=None, help="fleet_scale: comma-separated N (default 1000,10000)"
@@ -117,19 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(spec, FileSpec):
             spec = dataclasses.replace(spec, path=spec.path.resolve())
         settings.varying_trace = spec.text()
-    if args.flows_contenders:
-        from run_bench.contenders import CONTENDERS
-
-        wanted = [c for c in args.flows_contenders.split(",") if c]
-        bad = [c for c in wanted if c not in CONTENDERS]
-        if bad or not wanted:
-            print(
-                f"run_bench: --flows-contenders: unknown {bad[0] if bad else 'empty list'!r}"
-                f" (have: {', '.join(CONTENDERS)})",
-                file=sys.stderr,
-            )
+    for option, attr in (("flows", "flows_contenders"), ("latency", "latency_contenders")):
+        value = getattr(args, f"{option}_contenders")
+        if value is None:
+            continue
+        wanted = _contenders(value, f"--{option}-contenders")
+        if wanted is None:
             return 2
-        settings.flows_contenders = wanted
+        setattr(settings, attr, wanted)
     settings.fleet_workers = args.fleet_workers
     settings.fleet_offload = args.fleet_offload
     chosen = [s for s in ORDER if s in chosen]
@@ -191,3 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         warn(f"failed scenarios: {', '.join(failed)}")
         return 1
     return 0
+
+
+def _contenders(value: str, option: str) -> list[str] | None:
+    """A comma-separated contender list, or None after saying what is wrong with it."""
+    from run_bench.contenders import CONTENDERS
+
+    wanted = [c for c in value.split(",") if c]
+    bad = [c for c in wanted if c not in CONTENDERS]
+    if bad or not wanted:
+        print(
+            f"run_bench: {option}: unknown {bad[0] if bad else 'empty list'!r}"
+            f" (have: {', '.join(CONTENDERS)})",
+            file=sys.stderr,
+        )
+        return None
+    return wanted

@@ -33,6 +33,7 @@ CONTENDERS = (
     "mptcp-tunnel-offload-tls",
     "mptcp-tunnel-codel",
     "mptcp-tunnel-fq",
+    "mptcp-tunnel-fq-shaped",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
@@ -47,6 +48,8 @@ OFFLOAD_OF = {
 }
 # opt-in tunnel.aqm variants ("mptcp-tunnel" runs the default: the byte bound alone)
 AQM_OF = {"mptcp-tunnel-codel": "codel", "mptcp-tunnel-fq": "fq_codel"}
+# fq_codel + the shaper (tunnel.shape_mbit) at this share of the links' rates; cubic subflows
+SHAPE_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ def path_of(contender: str) -> Path:
         return Path("client", "server", SERVER, None, "mptcp")
     if contender in AQM_OF:  # an opt-in tunnel.aqm on both agents
         return Path("client", "server", SERVER, None, f"mptcp-aqm-{AQM_OF[contender]}")
+    if contender == "mptcp-tunnel-fq-shaped":
+        return Path("client", "server", SERVER, None, "mptcp-shaped")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
@@ -119,6 +124,11 @@ class Agents:
             elif mode.startswith("mptcp-aqm-"):
                 cfg = self.lab.agent_config(role)
                 cfg.setdefault("tunnel", {})["aqm"] = mode[len("mptcp-aqm-") :]
+            elif mode == "mptcp-shaped":
+                cfg = self.lab.agent_config(role)
+                cfg.setdefault("tunnel", {}).update(
+                    aqm="fq_codel", shape_mbit=shape_rate(self.lab), congestion_control="cubic"
+                )
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)
@@ -160,6 +170,12 @@ class Agents:
         self.lab.start_agent("cpe", cfg)
         self.mode = mode
         self.lab.wait_tunnel(30)
+
+
+def shape_rate(lab: Lab) -> float:
+    """The shaped contender's rate: a share of the links' emulated rates, as an operator sets
+    it from the rates it sells (CAKE's bandwidth)."""
+    return round(SHAPE_SHARE * sum(p.rate_mbit or 0.0 for p in lab.links.values()), 2)
 
 
 def link_settings(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -39,7 +39,13 @@ DEFAULT_LINKS = {
 }
 
 
-LATENCY_CONTENDERS = ("fixed-only", "mptcp-tunnel", "mptcp-tunnel-codel", "mptcp-tunnel-fq")
+LATENCY_CONTENDERS = (
+    "fixed-only",
+    "mptcp-tunnel",
+    "mptcp-tunnel-codel",
+    "mptcp-tunnel-fq",
+    "mptcp-tunnel-fq-shaped",
+)
 
 
 @dataclass

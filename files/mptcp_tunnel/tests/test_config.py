@@ -281,6 +281,27 @@ def test_aqm_is_opt_in_with_ecn_marking() -> None:
         parse_config(fq, "cpe.yaml")
 
 
+def test_the_shaper_needs_fq_codel_and_a_bgw_may_set_it_per_cpe() -> None:
+    doc = mutate("cpe.yaml", "tunnel.shape_mbit", 13.5)
+    with pytest.raises(ConfigError, match="tunnel.shape_mbit: needs aqm fq_codel"):
+        parse_config(doc, "cpe.yaml")
+    doc["tunnel"]["aqm"] = "fq_codel"
+    assert parse_config(doc, "cpe.yaml").tunnel.shape_mbit == 13.5
+    doc["tunnel"]["shape_mbit"] = -1
+    with pytest.raises(ConfigError, match="tunnel.shape_mbit: -1 is out of range"):
+        parse_config(doc, "cpe.yaml")
+    bgw = mutate("bgw.yaml", "bgw.cpes.0.shape_mbit", 40)
+    with pytest.raises(ConfigError, match=r"bgw.cpes\[0\].shape_mbit: needs tunnel.aqm fq_codel"):
+        parse_config(bgw, "bgw.yaml")
+    bgw["tunnel"]["aqm"] = "fq_codel"
+    cfg = parse_config(bgw, "bgw.yaml")
+    assert cfg.bgw is not None and cfg.bgw.cpes[0].shape_mbit == 40.0
+    assert cfg.tunnel.shape_mbit == 0.0  # CPEs without their own rate are not shaped
+    del bgw["bgw"]["cpes"][0]["shape_mbit"]
+    cfg = parse_config(bgw, "bgw.yaml")
+    assert cfg.bgw is not None and cfg.bgw.cpes[0].shape_mbit is None
+
+
 @pytest.mark.parametrize("aqm", ["codel", "fq_codel", "none"])
 def test_tunnel_settings_survive_the_trip_to_a_worker(aqm: str) -> None:
     from mptcp_tunnel.config import tunnel_from_wire, tunnel_to_wire

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from packets import ipv4, ipv6
 
 from mptcp_tunnel.aqm import AqmSettings
-from mptcp_tunnel.fqcodel import GATE_FLOOR, GATE_S, FlowQueues, KernelGate, flow_key
+from mptcp_tunnel.fqcodel import GATE_FLOOR, GATE_S, SHAPE_BURST_S, FlowQueues, KernelGate, flow_key
 
 SETTINGS = AqmSettings(target_s=0.005, interval_s=0.100, ecn=False)
 
@@ -142,13 +142,50 @@ def test_the_kernel_gate_allows_a_few_ms_at_the_acknowledged_rate() -> None:
     gate = KernelGate()
     assert gate.stale(0.0)
     gate.measured(0.0, written=0, outstanding=0, notsent=0)
-    assert gate.room(0) == GATE_FLOOR  # no rate known yet: the floor
+    assert gate.room(0, 0.0) == GATE_FLOOR  # no rate known yet: the floor
     assert not gate.stale(0.0005)
     gate.measured(0.2, written=2_000_000, outstanding=100_000, notsent=GATE_FLOOR)
     assert gate.rate == 1_900_000 / 0.2  # 9.5 MB/s acknowledged
     assert gate.limit == int(gate.rate * GATE_S) and gate.limit > GATE_FLOOR
-    assert gate.room(2_000_000) == gate.limit - GATE_FLOOR
-    assert gate.room(2_010_000) == gate.limit - GATE_FLOOR - 10_000  # written since: less room
+    assert gate.room(2_000_000, 0.2) == gate.limit - GATE_FLOOR
+    assert gate.room(2_010_000, 0.2) == gate.limit - GATE_FLOOR - 10_000  # written since: less room
     gate.measured(0.4, written=2_010_000, outstanding=2_010_000 - 1_900_000, notsent=10**6)
     assert gate.rate == 9_500_000 / 2  # the link stalled for a window: the rate halves, not zero
-    assert gate.room(2_010_000) < 0  # the subflows hold far more than a few ms: wait
+    assert gate.room(2_010_000, 0.4) < 0  # the subflows hold far more than a few ms: wait
+
+
+def test_the_shaper_lets_the_kernel_have_its_rate_and_no_more() -> None:
+    rate = 10e6  # bit/s
+    gate = KernelGate(shape_bps=rate)
+    burst = int(rate / 8 * SHAPE_BURST_S)
+    gate.measured(0.0, written=0, outstanding=0, notsent=0)
+    gate.measured(0.1, written=10**6, outstanding=0, notsent=0)  # the links could take far more
+    assert gate.room(10**6, 0.1) == burst  # a full bucket: one burst, not the gate's room
+    # A sender that takes whatever room it is given, 1 ms at a time, for 2 s.
+    written, now = 10**6, 0.1
+    while now < 2.1:
+        now += 0.001
+        if gate.stale(now):
+            gate.measured(now, written, outstanding=0, notsent=0)
+        room = gate.room(written, now)
+        if room > 0:
+            written += max(room, 1514)  # a packet goes whole, even past the tokens
+    sent_bits = (written - 10**6 - burst) * 8
+    assert abs(sent_bits / 2.0 - rate) < 0.02 * rate  # the shaped rate, within 2 %
+
+
+def test_a_super_packet_past_the_tokens_is_paid_back_before_the_next() -> None:
+    gate = KernelGate(shape_bps=8e6)  # 1 MB/s: the bucket holds 10 KB
+    gate.measured(0.0, written=0, outstanding=0, notsent=0)
+    assert gate.room(0, 0.0) == 10_000
+    assert gate.room(65_000, 0.0) == -55_000  # a 64 KB GSO packet went whole
+    gate.measured(0.050, written=65_000, outstanding=0, notsent=0)  # the links took it all
+    assert gate.room(65_000, 0.050) < 0  # 50 ms later: 50 KB of tokens, still in debt
+    gate.measured(0.056, written=65_000, outstanding=0, notsent=0)
+    assert gate.room(65_000, 0.056) > 0  # 56 ms later: even again
+
+
+def test_without_a_rate_the_gate_alone_decides() -> None:
+    gate = KernelGate()
+    gate.measured(0.0, written=0, outstanding=0, notsent=0)
+    assert gate.room(10**9, 100.0) == GATE_FLOOR - 10**9  # no tokens involved

@@ -593,6 +593,7 @@ class BgwAgent:
             "deadline": pending.deadline,  # CLOCK_MONOTONIC is the same in every process
             "peer": pending.peer,
             "prefixes": [str(p) for p in slot.entry.prefixes],
+            "shape_mbit": slot.entry.shape_mbit,
         }
         if not self._send_to_worker(handle, slot, pending, message):
             self._release_source(pending.source)
@@ -648,6 +649,7 @@ class BgwAgent:
             "gen": slot.generation,
             "vnet": vnet,
             "prefixes": [str(p) for p in slot.entry.prefixes],
+            "shape_mbit": slot.entry.shape_mbit,
         }
         if not self._send_to_worker(handle, slot, pending, message):
             return

@@ -50,6 +50,7 @@ class TunnelSettings:
     gro_interfaces: tuple[str, ...] = ()  # LAN-facing interfaces setup-network turns GRO on for
     encryption: Literal["tls", "none"] = "tls"  # none = the HMAC handshake and a plaintext stream
     aqm: AqmSettings | None = None  # None = the byte bound only (the default); codel, fq_codel opt-in
+    shape_mbit: float = 0.0  # fq_codel: the rate the agent hands the kernel (0 = the links decide)
 
 
 def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
@@ -119,6 +120,7 @@ class CpeEntry:
     id: str
     secret: bytes
     prefixes: tuple[IPNetwork, ...]
+    shape_mbit: float | None = None  # this CPE's downstream rate; None = tunnel.shape_mbit
 
 
 @dataclass(frozen=True)
@@ -305,8 +307,11 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         gro_interfaces=_interface_list(sec, "gro_interfaces"),
         encryption=sec.choice("encryption", "tls", ("tls", "none")),  # type: ignore[arg-type]
         aqm=_aqm(sec),
+        shape_mbit=sec.number("shape_mbit", 0.0, 0.0, 1_000_000.0),
     )
     sec.finish()
+    if t.shape_mbit and (t.aqm is None or t.aqm.kind != "fq_codel"):
+        raise ConfigError(f"{sec.key('shape_mbit')}: needs aqm fq_codel (its queue is the flow queues)")
     if t.aqm is not None and t.aqm.kind == "fq_codel" and t.queue_bytes == 0:
         raise ConfigError(f"{sec.key('aqm')}: fq_codel needs queue_bytes > 0 (the kernel's part of it)")
     if t.max_frame_bytes < t.mtu:
@@ -473,12 +478,19 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
     return cpe
 
 
-def _bgw(sec: _Section, base_dir: Path, tls: bool) -> BgwSettings:
+def _bgw(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> BgwSettings:
     cpes = []
+    fq_codel = tunnel.aqm is not None and tunnel.aqm.kind == "fq_codel"
     for cs in sec.sections("cpes"):
         entry = CpeEntry(
-            id=_cpe_id(cs), secret=_secret(cs, base_dir, not tls), prefixes=cs.networks("prefixes")
+            id=_cpe_id(cs),
+            secret=_secret(cs, base_dir, not tls),
+            prefixes=cs.networks("prefixes"),
+            shape_mbit=cs.number("shape_mbit", 0.0, 0.0, 1_000_000.0) if "shape_mbit" in cs.raw else None,
         )
+        if entry.shape_mbit and not fq_codel:
+            key = cs.key("shape_mbit")
+            raise ConfigError(f"{key}: needs tunnel.aqm fq_codel (its queue is the flow queues)")
         for i, net in enumerate(entry.prefixes):
             if net.prefixlen == 0:
                 raise ConfigError(f"{cs.key('prefixes')}[{i}]: {net} is a default route, not a CPE's LAN")
@@ -591,7 +603,7 @@ def parse_config(raw: object, path: str) -> AgentConfig:
             tunnel=tunnel,
             mptcp=_limits(top.section("mptcp")),
             cpe=_cpe(top.section("cpe", required=True), base_dir, tls) if role == "cpe" else None,
-            bgw=_bgw(top.section("bgw", required=True), base_dir, tls) if role == "bgw" else None,
+            bgw=_bgw(top.section("bgw", required=True), base_dir, tls, tunnel) if role == "bgw" else None,
             tls=_tls(top.section("tls", required=True), base_dir) if tls else None,
             hya=_hya(top.section("hya")) if mode == "hya" else None,
         )

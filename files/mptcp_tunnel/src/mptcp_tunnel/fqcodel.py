@@ -36,13 +36,24 @@ GATE_FLOOR = 16 * 1024  # bytes: below this the gate never holds data back
 GATE_S = 0.004  # unsent data allowed, in time at the acknowledged rate (the agent refills within it)
 MEASURE_EVERY_S = 0.001  # the kernel's counters are read at most this often (room is tracked between)
 RATE_WINDOW_S = 0.1
+# The shaper (``tunnel.shape_mbit``): a token bucket in front of the kernel, so that the queue forms
+# here, in the flow queues, and not in the access links' buffers, which nobody manages (a cubic subflow
+# fills a link's buffer before it backs off: +20-40 ms at p99 in the lab). Bursts of 10 ms at the rate.
+SHAPE_BURST_S = 0.010
+SHAPE_BURST_FLOOR = 4096  # bytes: a few full-sized packets even at low rates
 
 
 class KernelGate:
     """How many more bytes the agent may hand the kernel (sans-I/O): ``measured`` with the socket's
-    counters, ``room`` between measurements (less what was written since)."""
+    counters, ``room`` between measurements (less what was written since), and no more than the
+    shaper's tokens when it has a rate."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape_bps: float = 0.0) -> None:
+        self.shape = shape_bps / 8  # bytes/s; 0 = no shaper
+        self.burst = max(float(SHAPE_BURST_FLOOR), self.shape * SHAPE_BURST_S)
+        self.tokens = self.burst
+        self._tokens_at = -1.0
+        self._tokens_written = 0
         self.rate = 0.0  # bytes/s acknowledged, smoothed
         self.limit = GATE_FLOOR
         self._at = -1.0
@@ -69,8 +80,15 @@ class KernelGate:
         self._written_at = written
         self._at = now
 
-    def room(self, written: int) -> int:
-        return self._base - (written - self._written_at)
+    def room(self, written: int, now: float) -> int:
+        room = self._base - (written - self._written_at)
+        if not self.shape:
+            return room
+        if self._tokens_at >= 0:  # tokens may go below zero: a super-packet is taken whole
+            earned = (now - self._tokens_at) * self.shape
+            self.tokens = min(self.burst, self.tokens + earned - (written - self._tokens_written))
+        self._tokens_at, self._tokens_written = now, written
+        return min(room, int(self.tokens))
 
 
 def flow_key(packet: bytes, offset: int = 0) -> bytes:

@@ -143,6 +143,7 @@ class Session:
         dirty: set[Session] | None = None,
         tls: TlsChannel | None = None,
         rx_tail: bytes = b"",
+        shape_mbit: float | None = None,
     ) -> None:
         self.loop = loop
         self.buffers = buffers
@@ -181,7 +182,8 @@ class Session:
         )
         self._clock = SojournClock()
         self._written = 0  # bytes the socket took, all of them (fq_codel: the acknowledged rate)
-        self._gate = KernelGate() if self._fq is not None else None
+        rate = tunnel.shape_mbit if shape_mbit is None else shape_mbit  # the BGW's per-CPE rate wins
+        self._gate = KernelGate(rate * 1e6) if self._fq is not None else None
         self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
         self._rtt_at = 0  # bytes written when the paths' RTT was last read
         self._path_s = 0.0  # the slowest subflow's smoothed RTT (what the sojourn time excludes)
@@ -375,7 +377,7 @@ class Session:
             except OSError:
                 return self.tunnel.batch_bytes
             gate.measured(now, self._written, outstanding, notsent)
-        return gate.room(self._written)
+        return gate.room(self._written, now)
 
     def _wait_for_room(self) -> None:
         """The kernel holds enough: stop watching for writability, look again shortly."""

@@ -232,6 +232,7 @@ class Worker:
             dirty=self.dirty,
             tls=tls,
             rx_tail=rx_tail,
+            shape_mbit=message.get("shape_mbit"),
         )
         self.sessions[cpe_id] = session
         if answer:
