@@ -33,14 +33,15 @@ def _ce_received(lab: Lab) -> int:
     return int(m.group(1))
 
 
-def _start_agents(lab: Lab, aqm: str | None) -> None:
-    """Both agents with ``tunnel.aqm: aqm`` (None: the default)."""
+def _start_agents(lab: Lab, aqm: str | None, **tunnel: object) -> None:
+    """Both agents with ``tunnel.aqm: aqm`` (None: the default) and other ``tunnel`` settings."""
     for role in ("bgw", "cpe"):
         lab.stop_agent(role)
     for role in ("bgw", "cpe"):
         cfg = lab.agent_config(role)
         if aqm is not None:
             cfg.setdefault("tunnel", {})["aqm"] = aqm
+        cfg.setdefault("tunnel", {}).update(tunnel)
         lab.start_agent(role, cfg)
     lab.wait_tunnel(30)
 
@@ -139,3 +140,18 @@ def test_fq_codel_keeps_the_subflows_unsent_data_short(tunnel: Lab, aqm: str) ->
         assert median <= 48 * 1024, steady  # gate: max(16 KiB, 4 ms at the rate) plus a burst
     else:
         assert median > 96 * 1024, steady  # what the gate is for: without it, a deep queue
+
+
+@pytest.mark.timeout(120)
+def test_the_shaper_holds_the_tunnel_to_its_rate(tunnel: Lab) -> None:
+    """``tunnel.shape_mbit`` 6 on links that carry 14: 8 bulk flows get the shaped rate less the
+    inner and framing headers, not the links' sum, and not much less than the rate either."""
+    lab = tunnel
+    _start_agents(lab, "fq_codel", shape_mbit=6)
+    try:
+        mbps = _download(lab)
+    finally:
+        _start_agents(lab, None)
+    print(f"shape_mbit 6: {mbps:.2f} Mbit/s")
+    assert mbps <= 6.0, "the shaper let more than its rate through"
+    assert mbps >= 4.8, "the shaped tunnel should carry most of its rate (headers: ~5 %)"
