@@ -71,6 +71,7 @@ def test_status_shows_links_and_subflows(tunnel: Lab) -> None:
     assert bgw["role"] == "bgw" and cpe1["id"] == "cpe1" and cpe1["up"]
     cpe_ends = {address("cpe", "wan_fixed"), address("cpe", "wan_cell")}
     assert {r["remote"] for r in rows} == cpe_ends, cpe1
+    assert cpe1["subflows"] == 2, cpe1  # the count agrees with the rows, also on a new session
     for r in rows:
         assert 40 <= r["rtt_ms"] <= 400 and r["cwnd"] > 0, r
         assert r["bytes_received"] > 100_000, r  # the upload above arrived over both

@@ -265,14 +265,17 @@ class Worker:
         for session in self.dirty:
             if session.ended:
                 continue
+            if len(details) < SUBFLOWS_PER_REPORT and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
+                session.subflows_read_at = now
+                with contextlib.suppress(OSError):
+                    rows = [subflow_row(sf) for sf in subflow_infos(session.sock)]
+                    details[session.cpe_id] = rows
+                    # the count too, not only at the next MPTCP_INFO round (up to 30 s after the start)
+                    session.subflows = sum(1 for r in rows if r["state"] == "established") or session.subflows
             deltas = session.take_deltas()
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
-            if len(details) < SUBFLOWS_PER_REPORT and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
-                session.subflows_read_at = now
-                with contextlib.suppress(OSError):
-                    details[session.cpe_id] = [subflow_row(sf) for sf in subflow_infos(session.sock)]
         self.dirty.clear()
         if cpes:
             self._send({"op": "stats", "cpes": cpes})
