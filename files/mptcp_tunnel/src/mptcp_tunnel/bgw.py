@@ -585,16 +585,8 @@ class BgwAgent:
         """The worker runs TLS within what is left of the deadline; the source stays counted until then."""
         handle = self.workers[slot.worker]
         assert handle.chan is not None
-        slot.generation += 1
-        message = {
-            "op": "admit",
-            "cpe": slot.entry.id,
-            "gen": slot.generation,
-            "deadline": pending.deadline,  # CLOCK_MONOTONIC is the same in every process
-            "peer": pending.peer,
-            "prefixes": [str(p) for p in slot.entry.prefixes],
-            "shape_mbit": slot.entry.shape_mbit,
-        }
+        # CLOCK_MONOTONIC is the same in every process
+        message = self._session_message("admit", slot, deadline=pending.deadline, peer=pending.peer)
         if not self._send_to_worker(handle, slot, pending, message):
             self._release_source(pending.source)
             return
@@ -642,18 +634,23 @@ class BgwAgent:
             metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
             pending.conn.close()
             return
-        slot.generation += 1
-        message = {
-            "op": "attach",
-            "cpe": slot.entry.id,
-            "gen": slot.generation,
-            "vnet": vnet,
-            "prefixes": [str(p) for p in slot.entry.prefixes],
-            "shape_mbit": slot.entry.shape_mbit,
-        }
+        message = self._session_message("attach", slot, vnet=vnet)
         if not self._send_to_worker(handle, slot, pending, message):
             return
         self._session_up(handle, slot, slot.generation, vnet, pending.peer, "")
+
+    @staticmethod
+    def _session_message(op: str, slot: CpeSlot, **extra: Any) -> dict[str, Any]:
+        """What a worker needs to run the CPE's next session (a new generation of its slot)."""
+        slot.generation += 1
+        return {
+            "op": op,
+            "cpe": slot.entry.id,
+            "gen": slot.generation,
+            **extra,
+            "prefixes": [str(p) for p in slot.entry.prefixes],
+            "shape_mbit": slot.entry.shape_mbit,
+        }
 
     @staticmethod
     def _reject(conn: socket.socket, reason: str) -> None:

@@ -52,6 +52,10 @@ class TunnelSettings:
     aqm: AqmSettings | None = None  # None = the byte bound only (the default); codel, fq_codel opt-in
     shape_mbit: float = 0.0  # fq_codel: the rate the agent hands the kernel (0 = the links decide)
 
+    @property
+    def fq_codel(self) -> bool:
+        return self.aqm is not None and self.aqm.kind == "fq_codel"
+
 
 def tunnel_to_wire(t: TunnelSettings) -> dict[str, Any]:
     """TunnelSettings as JSON-able values (the control process sends them to its workers)."""
@@ -310,9 +314,9 @@ def _tunnel(sec: _Section) -> TunnelSettings:
         shape_mbit=sec.number("shape_mbit", 0.0, 0.0, 1_000_000.0),
     )
     sec.finish()
-    if t.shape_mbit and (t.aqm is None or t.aqm.kind != "fq_codel"):
+    if t.shape_mbit and not t.fq_codel:
         raise ConfigError(f"{sec.key('shape_mbit')}: needs aqm fq_codel (its queue is the flow queues)")
-    if t.aqm is not None and t.aqm.kind == "fq_codel" and t.queue_bytes == 0:
+    if t.fq_codel and t.queue_bytes == 0:
         raise ConfigError(f"{sec.key('aqm')}: fq_codel needs queue_bytes > 0 (the kernel's part of it)")
     if t.max_frame_bytes < t.mtu:
         raise ConfigError(f"{sec.key('max_frame_bytes')}: {t.max_frame_bytes} is below mtu {t.mtu}")
@@ -480,7 +484,6 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
 
 def _bgw(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> BgwSettings:
     cpes = []
-    fq_codel = tunnel.aqm is not None and tunnel.aqm.kind == "fq_codel"
     for cs in sec.sections("cpes"):
         entry = CpeEntry(
             id=_cpe_id(cs),
@@ -488,7 +491,7 @@ def _bgw(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> Bg
             prefixes=cs.networks("prefixes"),
             shape_mbit=cs.number("shape_mbit", 0.0, 0.0, 1_000_000.0) if "shape_mbit" in cs.raw else None,
         )
-        if entry.shape_mbit and not fq_codel:
+        if entry.shape_mbit and not tunnel.fq_codel:
             key = cs.key("shape_mbit")
             raise ConfigError(f"{key}: needs tunnel.aqm fq_codel (its queue is the flow queues)")
         for i, net in enumerate(entry.prefixes):
