@@ -39,6 +39,7 @@ from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_c
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
     mptcp_info,
+    subflow_infos,
     subflow_windows,
     unacked_bytes,
     unsent_bytes,
@@ -259,7 +260,9 @@ class Session:
 
         if check_info and not self.ended:
             try:
-                subflows = mptcp_info(self.sock).subflows
+                mptcp_info(self.sock)  # raises on fallback
+                # established ones: the kernel's own count keeps a closed initial subflow
+                subflows = sum(1 for sf in subflow_infos(self.sock) if sf.state == "established")
                 if subflows != self.subflows:
                     self.subflows = subflows
                     self._dirty.add(self)

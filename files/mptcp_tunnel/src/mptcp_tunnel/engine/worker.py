@@ -271,7 +271,7 @@ class Worker:
                     rows = [subflow_row(sf) for sf in subflow_infos(session.sock)]
                     details[session.cpe_id] = rows
                     # the count too, not only at the next MPTCP_INFO round (up to 30 s after the start)
-                    session.subflows = sum(1 for r in rows if r["state"] == "established") or session.subflows
+                    session.subflows = sum(1 for r in rows if r["state"] == "established")
             deltas = session.take_deltas()
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
