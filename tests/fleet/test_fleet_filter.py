@@ -100,6 +100,29 @@ def test_templated_host_variables_are_templated_with_the_hosts_vars(tmp_path: Pa
     assert result["cpes"]["bgw-01"][1]["prefixes"] == ["10.99.0.0/24"]
 
 
+def test_a_cpes_downstream_shape_reaches_its_bgw_entry_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    fleetgen.generate(tmp_path / "inv", 3)
+    host_vars = tmp_path / "inv" / "host_vars"
+    with (host_vars / "cpe-00001.yml").open("a") as fh:
+        fh.write("mptcp_tunnel_cpe_downstream_shape_mbit: 45.5\n")
+    hostvars, cpes, bgws = load(tmp_path / "inv")
+    result = fleet_filter.mptcp_tunnel_fleet(hostvars, cpes, bgws)
+    entries = result["cpes"]["bgw-01"]
+    assert entries[0]["shape_mbit"] == 45.5
+    assert "shape_mbit" not in entries[1]  # unset: the BGW's own mptcp_tunnel_shape_mbit applies
+    manifest = fleet_filter.mptcp_tunnel_cpe_manifest(entries).splitlines()
+    assert manifest[0] == "cpe-00001 10.0.1.0/24 2001:db8:0:1::/64 shape 45.5 Mbit/s"
+    assert manifest[1] == "cpe-00002 10.0.2.0/24 2001:db8:0:2::/64"
+    with (host_vars / "cpe-00002.yml").open("a") as fh:
+        fh.write("mptcp_tunnel_cpe_downstream_shape_mbit: fast\n")
+    hostvars, cpes, bgws = load(tmp_path / "inv")
+    result = fleet_filter.mptcp_tunnel_fleet(hostvars, cpes, bgws)
+    assert result["problems"]["bgw-01"] == [
+        "CPE cpe-00002: mptcp_tunnel_cpe_downstream_shape_mbit must be a number of Mbit/s (0 = off)"
+    ]
+    assert [c["id"] for c in result["cpes"]["bgw-01"]] == ["cpe-00001", "cpe-00003"]
+
+
 def test_prefix_problems_are_found_by_one_sorted_pass_and_capped() -> None:
     cpes = [{"id": f"c{i}", "prefixes": [f"10.{i}.0.0/16"]} for i in range(50)]
     cpes.append({"id": "wide", "prefixes": ["10.0.0.0/8", "fd00::/8"]})

@@ -125,7 +125,7 @@ def _parallel(read: Callable[[str], tuple[Any, ...]], hosts: list[str]) -> list[
 def _read_cpe(hostvars: Mapping[str, Any], host: str) -> tuple[Any, ...]:
     """One CPE as plain data.
 
-    ("orphan", None, text) | ("missing", bgw, text) | ("cpe", bgw, id, secret, prefixes)
+    ("orphan", None, text) | ("missing", bgw, text) | ("cpe", bgw, id, secret, prefixes, shape_mbit)
     """
     hv = _HostReader(hostvars, host)
     bgw = hv.get("mptcp_tunnel_cpe_bgw")
@@ -138,7 +138,16 @@ def _read_cpe(hostvars: Mapping[str, Any], host: str) -> tuple[Any, ...]:
     if isinstance(prefixes, str) or not isinstance(prefixes, Iterable):
         prefixes = [prefixes]
     cpe_id = str(hv.get("mptcp_tunnel_cpe_id", host))
-    return ("cpe", str(bgw), cpe_id, str(secret), [str(p) for p in prefixes])
+    shape = hv.get("mptcp_tunnel_cpe_downstream_shape_mbit")
+    if shape is not None:
+        try:
+            shape = float(shape)
+        except (TypeError, ValueError):
+            shape = -1.0
+        if not 0 <= shape <= 1_000_000:
+            text = f"CPE {host}: mptcp_tunnel_cpe_downstream_shape_mbit must be a number of Mbit/s (0 = off)"
+            return ("missing", str(bgw), text)
+    return ("cpe", str(bgw), cpe_id, str(secret), [str(p) for p in prefixes], shape)
 
 
 def _orphan_text(host: str, bgw: str) -> str:
@@ -150,7 +159,7 @@ def mptcp_tunnel_fleet(
 ) -> dict[str, Any]:
     """Every BGW's CPE list and the fleet's problems, from one walk over the CPE group.
 
-    Returns ``{"cpes": {bgw: [{"id", "secret", "prefixes"}, ...]}, "problems": {bgw: [str, ...]},
+    Returns ``{"cpes": {bgw: [{"id", "secret", "prefixes"[, "shape_mbit"]}, ...]}, "problems": {bgw: [...]},
     "orphans": [str, ...]}`` with every BGW of `bgw_hosts` present (an empty list when it serves none).
     Values are marked unsafe: a secret or id containing ``{{`` is data, never a template.
     """
@@ -167,7 +176,10 @@ def mptcp_tunnel_fleet(
         elif kind == "missing":
             missing[bgw].append(item[2])
         else:
-            cpes[bgw].append({"id": item[2], "secret": item[3], "prefixes": item[4]})
+            entry = {"id": item[2], "secret": item[3], "prefixes": item[4]}
+            if item[5] is not None:  # this CPE's downstream shaper on the BGW (else the BGW's own)
+                entry["shape_mbit"] = item[5]
+            cpes[bgw].append(entry)
     problems = {b: missing[b] + mptcp_tunnel_prefix_problems(cpes[b]) for b in cpes}
     return {"cpes": wrap_var(cpes), "problems": problems, "orphans": orphans}
 
@@ -240,7 +252,12 @@ def mptcp_tunnel_prefix_problems(cpes: Iterable[Mapping[str, Any]]) -> list[str]
 
 def mptcp_tunnel_cpe_manifest(cpes: Iterable[Mapping[str, Any]]) -> str:
     """The BGW's CPE list without secrets, one CPE per line sorted by id: what `--diff` shows."""
-    lines = sorted(f"{c['id']} {' '.join(str(p) for p in c.get('prefixes', []))}".rstrip() for c in cpes)
+
+    def line(c: Mapping[str, Any]) -> str:
+        shape = f" shape {c['shape_mbit']:g} Mbit/s" if c.get("shape_mbit") is not None else ""
+        return f"{c['id']} {' '.join(str(p) for p in c.get('prefixes', []))}".rstrip() + shape
+
+    lines = sorted(line(c) for c in cpes)
     return "".join(f"{line}\n" for line in lines)
 
 
