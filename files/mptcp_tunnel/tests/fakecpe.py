@@ -1,9 +1,11 @@
 """A scripted CPE for the engine tests: real MPTCP socket, real handshake, UDP packets from its prefix.
 
-Run inside the CPE's namespace: ``python fakecpe.py CONFIG SECONDS SRC [--reconnect]``. It sends one
-IPv4/UDP packet from SRC to the BGW's echo port every 20 ms, parses what comes back with the agent's
-own stream parser, and prints one JSON line: packets sent and received, packets whose destination is
-not SRC ("foreign": another customer's), connections made and whether the BGW closed it.
+Run inside the CPE's namespace: ``python fakecpe.py CONFIG SECONDS SRC [--reconnect] [--silent]``. It
+sends one IPv4/UDP packet from SRC to the BGW's echo port every 20 ms (``--silent``: nothing at all
+after the handshake, not even keepalives), parses what comes back with the agent's own stream parser,
+and prints one JSON line: packets sent and received, packets whose destination is not SRC ("foreign":
+another customer's), keepalives received, connections made, whether the BGW closed it and when
+(seconds after the last connection was up).
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ def connect(cfg_path: str) -> socket.socket:
 def main() -> None:
     cfg_path, seconds, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     reconnect = "--reconnect" in sys.argv
+    silent = "--silent" in sys.argv
     own = ipaddress.ip_address(src)
-    result = {"sent": 0, "received": 0, "foreign": 0, "connections": 0, "closed": False, "after_last": 0}
+    result: dict[str, float | int | bool] = {"sent": 0, "received": 0, "foreign": 0, "keepalives": 0}
+    result.update({"connections": 0, "closed": False, "closed_after_s": 0.0, "after_last": 0})
+    up_at = time.monotonic()
     deadline = time.monotonic() + seconds
     sock: socket.socket | None = None
     parser = StreamParser()
@@ -65,15 +70,18 @@ def main() -> None:
                 continue
             result["connections"] += 1
             result["after_last"] = 0
+            up_at = time.monotonic()
             parser = StreamParser()
         try:
-            sock.sendall(udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
-            result["sent"] += 1
+            if not silent:
+                sock.sendall(udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
+                result["sent"] += 1
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError
             for frame in parser.feed(data):
                 if isinstance(frame, ControlFrame):
+                    result["keepalives"] += 1
                     continue
                 result["received"] += 1
                 result["after_last"] += 1
@@ -83,6 +91,7 @@ def main() -> None:
             continue
         except (OSError, FrameError):
             result["closed"] = True
+            result["closed_after_s"] = round(time.monotonic() - up_at, 2)
             sock.close()
             sock = None
             if not reconnect:

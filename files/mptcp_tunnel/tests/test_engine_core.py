@@ -14,6 +14,7 @@ from packets import ipv4
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, EventLoop
+from mptcp_tunnel.engine.wheel import TimerWheel
 from mptcp_tunnel.framing import ControlFrame, FrameError, encode_control, split_frames
 
 SECRET = b"0123456789abcdef"
@@ -125,3 +126,44 @@ def test_loop_gives_every_ready_fd_a_turn_before_any_gets_a_second() -> None:
         for reader, writer in pairs:
             reader.close()
             writer.close()
+
+
+def test_timer_wheel_hands_out_items_when_due_once_each() -> None:
+    wheel: TimerWheel[str] = TimerWheel(now=100.2)
+    wheel.schedule("a", 101.5)
+    wheel.schedule("b", 100.4)  # within the second already handed out: the next one
+    wheel.schedule("c", 105.0)
+    assert wheel.due(100.9) == []
+    assert wheel.due(101.0) == ["b"]
+    assert wheel.due(101.9) == []  # "a" asked for 101.5: not before second 102
+    assert wheel.due(102.0) == ["a"]
+    assert wheel.due(102.0) == []  # handed out once; it must be scheduled again
+    assert len(wheel) == 1 and "c" in wheel
+
+
+def test_timer_wheel_moves_and_discards_items() -> None:
+    wheel: TimerWheel[str] = TimerWheel(now=0.0)
+    wheel.schedule("a", 10.0)
+    wheel.schedule("a", 3.0)  # moved earlier: the old entry is skipped
+    wheel.schedule("b", 3.0)
+    wheel.discard("b")
+    assert wheel.due(5.0) == ["a"]
+    assert wheel.due(20.0) == []
+    wheel.schedule("a", 1.0)  # a moment long past: the next second
+    assert wheel.due(20.5) == [] and wheel.due(21.0) == ["a"]
+
+
+def test_timer_wheel_with_quarter_second_slots_is_never_early_and_at_most_two_slots_late() -> None:
+    wheel: TimerWheel[int] = TimerWheel(now=0.1, quantum=0.25)
+    moments = {i: 0.3 + i * 0.173 for i in range(40)}
+    for item, at in moments.items():
+        wheel.schedule(item, at)
+    handed: dict[int, float] = {}
+    now = 0.1
+    while now < 9.0:
+        now += 0.25 + 0.01  # a tick that drifts, as the event loop's does
+        for item in wheel.due(now):
+            handed[item] = now
+    assert set(handed) == set(moments)
+    for item, at in moments.items():
+        assert at <= handed[item] <= at + 2 * 0.25 + 0.02, (item, at, handed[item])

@@ -57,10 +57,14 @@ def echo_server(pair: Pair) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["ip", "netns", "exec", pair.bgw, sys.executable, "-c", code])
 
 
-def fake_cpe(pair: Pair, cpe: str, seconds: float, reconnect: bool = False) -> subprocess.Popen[str]:
+def fake_cpe(
+    pair: Pair, cpe: str, seconds: float, reconnect: bool = False, silent: bool = False
+) -> subprocess.Popen[str]:
     argv = [sys.executable, FAKECPE, str(cpe_config(pair, cpe)), str(seconds), SOURCE[cpe]]
     if reconnect:
         argv.append("--reconnect")
+    if silent:
+        argv.append("--silent")
     return subprocess.Popen(["ip", "netns", "exec", pair.cpe, *argv], stdout=subprocess.PIPE, text=True)
 
 
@@ -173,4 +177,28 @@ def test_a_killed_worker_costs_only_its_own_sessions(pair: Pair) -> None:
     for cpe in cpes:
         died = m.get(f'mptcp_tunnel_sessions_ended_total{{cpe="{cpe}",reason="worker_died"}}', 0)
         assert died == (1 if worker_of[cpe] == 0 else 0), cpe
+    assert bgw.stop() == 0
+
+
+def test_keepalives_flow_and_a_silent_peer_is_ended_on_time(pair: Pair) -> None:
+    """The worker looks at a session only when it is due (its timer wheel): an idle session still gets
+    a keepalive every keepalive_s, and one whose peer sends nothing is ended after 3 × keepalive_s,
+    while a busy neighbour on the same worker carries on."""
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, keepalive_s=1))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        silent = fake_cpe(pair, "cpe1", 8, silent=True)
+        busy = fake_cpe(pair, "cpe2", 8)
+        quiet, neighbour = result(silent), result(busy)
+    finally:
+        echo.kill()
+        echo.wait()
+    # the BGW's keepalives each second, then the end 3 s (+ up to 1 s of housekeeping tick) after the start
+    assert quiet["closed"] and 2.9 <= quiet["closed_after_s"] <= 5.5, quiet
+    assert quiet["keepalives"] >= 2, quiet
+    assert not neighbour["closed"] and neighbour["received"] > 200, neighbour
+    m = pair.metrics(pair.bgw)
+    assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="keepalive_timeout"}'] == 1
+    assert m.get('mptcp_tunnel_sessions_ended_total{cpe="cpe2",reason="keepalive_timeout"}', 0) == 0
     assert bgw.stop() == 0

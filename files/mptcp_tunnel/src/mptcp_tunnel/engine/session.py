@@ -239,6 +239,14 @@ class Session:
             os.close(self.tun_fd)
         self.on_end(self)
 
+    def housekeeping_due(self, now: float) -> float:
+        """When ``housekeeping`` next has something to do, if nothing happens meanwhile. Traffic only
+        moves these moments later, so a worker may sleep a session until then and look again."""
+        if self._aqm is not None or self._tx_tail:
+            return now + 1.0  # the path RTT reading, or a keepalive waiting behind a partial write
+        dead = DEAD_AFTER_KEEPALIVES * self.tunnel.keepalive_s
+        return min(self.last_tx + self.tunnel.keepalive_s, self.last_rx + dead, self.last_frame + dead)
+
     def housekeeping(self, now: float, check_info: bool) -> None:
         """Called about once a second: keepalive, dead-peer detection, subflows and fallback."""
         if self.ended:

@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -33,6 +34,7 @@ from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
+from mptcp_tunnel.engine.wheel import TimerWheel
 from mptcp_tunnel.mptcp import subflow_infos
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.status import subflow_row
@@ -41,8 +43,8 @@ from mptcp_tunnel.tun import VNET_HDR_LEN
 
 log = logging.getLogger("mptcp_tunnel.worker")
 
-HOUSEKEEPING_S = 1.0
-INFO_EVERY = 30  # MPTCP_INFO (subflows, fallback) per session every 30 s, spread over the rounds
+HOUSEKEEPING_S = 0.25  # the timer wheel's quantum: keepalives leave at most ~0.5 s late
+INFO_EVERY_S = 30.0  # MPTCP_INFO (subflows, fallback) per session every 30 s, spread over time
 STATS_S = 1.0
 # `status` on the BGW: a session that moved bytes has its subflows read at most every 5 s, and at most
 # 200 sessions are read per report (a fleet's cost stays bounded); 100 CPEs per message.
@@ -63,7 +65,8 @@ class Worker:
         self.tunnel = TunnelSettings()
         self.buffers = Buffers(self.tunnel.batch_bytes)
         self.sessions: dict[str, Session] = {}
-        self.round = 0
+        self.wheel: TimerWheel[Session] = TimerWheel(time.monotonic(), HOUSEKEEPING_S)  # by next housekeeping
+        self.info_due: dict[Session, float] = {}
         self.done = False
         self.outbox = channel.Outbox(chan)
         self.dirty: set[Session] = set()  # sessions whose counters moved since the last report
@@ -235,6 +238,9 @@ class Worker:
             shape_mbit=message.get("shape_mbit"),
         )
         self.sessions[cpe_id] = session
+        now = time.monotonic()
+        self.info_due[session] = now + random.uniform(1.0, INFO_EVERY_S)  # spread a reconnect storm's reads
+        self.wheel.schedule(session, now + HOUSEKEEPING_S)
         if answer:
             self._send({**_brief(message), "ok": True, "vnet": vnet})
         try:
@@ -246,17 +252,26 @@ class Worker:
         if self.sessions.get(session.cpe_id) is session:
             del self.sessions[session.cpe_id]
         self.dirty.discard(session)
+        self.wheel.discard(session)
+        self.info_due.pop(session, None)
         self._send_stats_of(session)
         ended = {"op": "ended", "cpe": session.cpe_id, "gen": session.generation, "reason": session.reason}
         self._send(ended)
 
     # --- periodic ----------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
+        """Only the sessions that asked for this moment: idle ones are due every keepalive_s."""
         now = time.monotonic()
-        self.round += 1
-        slot = self.round % INFO_EVERY
-        for i, session in enumerate(list(self.sessions.values())):
-            session.housekeeping(now, check_info=i % INFO_EVERY == slot)
+        for session in self.wheel.due(now):
+            info_at = self.info_due.get(session)
+            if session.ended or info_at is None:
+                continue
+            check_info = now >= info_at
+            if check_info:
+                self.info_due[session] = info_at = now + INFO_EVERY_S
+            session.housekeeping(now, check_info=check_info)
+            if not session.ended:
+                self.wheel.schedule(session, min(session.housekeeping_due(now), info_at))
 
     def _report_stats(self) -> None:
         cpes: dict[str, Any] = {}
@@ -265,14 +280,16 @@ class Worker:
         for session in self.dirty:
             if session.ended:
                 continue
-            if len(details) < SUBFLOWS_PER_REPORT and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
+            deltas = session.take_deltas()
+            # busy = packets moved (a keepalive alone wakes a session without moving its counters)
+            busy = deltas is not None and len(details) < SUBFLOWS_PER_REPORT
+            if busy and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
                 session.subflows_read_at = now
                 with contextlib.suppress(OSError):
                     rows = [subflow_row(sf) for sf in subflow_infos(session.sock)]
                     details[session.cpe_id] = rows
                     # the count too, not only at the next MPTCP_INFO round (up to 30 s after the start)
                     session.subflows = sum(1 for r in rows if r["state"] == "established")
-            deltas = session.take_deltas()
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
