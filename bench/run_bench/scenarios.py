@@ -555,7 +555,7 @@ def latency(
     transfer, percentiles by ``results.percentile``; the throughput of the same transfer is
     compared with the two links' goodputs measured alone in this run (their sum is the reference).
     """
-    res = ScenarioResult("latency", asdict(s))
+    res = ScenarioResult("latency", {**asdict(s), "reps": 1})  # one measurement per condition
     reset_links(lab)
     check = _validate(lab, res, "default links", progress)
     res.links = _links_record(lab, check)
