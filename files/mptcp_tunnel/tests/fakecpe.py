@@ -1,11 +1,11 @@
 """A scripted CPE for the engine tests: real MPTCP socket, real handshake, UDP packets from its prefix.
 
 Run inside the CPE's namespace: ``python fakecpe.py CONFIG SECONDS SRC [--reconnect] [--silent]``. It
-sends one IPv4/UDP packet from SRC to the BGW's echo port every 20 ms (``--silent``: nothing at all
-after the handshake, not even keepalives), parses what comes back with the agent's own stream parser,
-and prints one JSON line: packets sent and received, packets whose destination is not SRC ("foreign":
-another customer's), keepalives received, connections made, whether the BGW closed it and when
-(seconds after the last connection was up).
+sends one IPv4/UDP packet from SRC to the BGW's echo port every 20 ms (``--silent``: no packets, a
+keepalive every 0.5 s for the first 4 s, then nothing at all), parses what comes back with the agent's
+own stream parser, and prints one JSON line: packets sent and received, packets whose destination is
+not SRC ("foreign": another customer's), keepalives received (and in the first 4 s), connections
+made, whether the BGW closed it and when (seconds after the last byte this CPE sent).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import time
 from mptcp_tunnel import exchange
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import load_config
-from mptcp_tunnel.framing import ControlFrame, FrameError, StreamParser
+from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, StreamParser, encode_control
 
 ECHO = ("10.1.0.2", 9999)
+SILENT_AFTER_S = 4.0  # --silent: keepalives until then, nothing after
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
@@ -55,7 +56,9 @@ def main() -> None:
     own = ipaddress.ip_address(src)
     result: dict[str, float | int | bool] = {"sent": 0, "received": 0, "foreign": 0, "keepalives": 0}
     result.update({"connections": 0, "closed": False, "closed_after_s": 0.0, "after_last": 0})
-    up_at = time.monotonic()
+    result["keepalives_while_alive"] = 0
+    up_at = last_sent = time.monotonic()
+    keepalive = encode_control(ControlType.KEEPALIVE)
     deadline = time.monotonic() + seconds
     sock: socket.socket | None = None
     parser = StreamParser()
@@ -70,18 +73,25 @@ def main() -> None:
                 continue
             result["connections"] += 1
             result["after_last"] = 0
-            up_at = time.monotonic()
+            up_at = last_sent = time.monotonic()
             parser = StreamParser()
         try:
+            now = time.monotonic()
             if not silent:
                 sock.sendall(udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
                 result["sent"] += 1
+                last_sent = now
+            elif now - up_at < SILENT_AFTER_S and now - last_sent >= 0.5:
+                sock.sendall(keepalive)
+                last_sent = now
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError
             for frame in parser.feed(data):
                 if isinstance(frame, ControlFrame):
                     result["keepalives"] += 1
+                    if time.monotonic() - up_at < SILENT_AFTER_S:
+                        result["keepalives_while_alive"] += 1
                     continue
                 result["received"] += 1
                 result["after_last"] += 1
@@ -91,7 +101,7 @@ def main() -> None:
             continue
         except (OSError, FrameError):
             result["closed"] = True
-            result["closed_after_s"] = round(time.monotonic() - up_at, 2)
+            result["closed_after_s"] = round(time.monotonic() - last_sent, 2)
             sock.close()
             sock = None
             if not reconnect:

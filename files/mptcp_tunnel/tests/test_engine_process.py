@@ -181,22 +181,23 @@ def test_a_killed_worker_costs_only_its_own_sessions(pair: Pair) -> None:
 
 
 def test_keepalives_flow_and_a_silent_peer_is_ended_on_time(pair: Pair) -> None:
-    """The worker looks at a session only when it is due (its timer wheel): an idle session still gets
-    a keepalive every keepalive_s, and one whose peer sends nothing is ended after 3 × keepalive_s,
-    while a busy neighbour on the same worker carries on."""
+    """The worker looks at a session only when it is due (its timer wheel): an idle session gets a
+    keepalive every keepalive_s (1 s here), and one whose peer then goes silent is ended after
+    3 × keepalive_s, while a busy neighbour on the same worker carries on."""
     bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, keepalive_s=1))
     bgw.wait_log("BGW listening")
     echo = echo_server(pair)
     try:
-        silent = fake_cpe(pair, "cpe1", 8, silent=True)
-        busy = fake_cpe(pair, "cpe2", 8)
+        silent = fake_cpe(pair, "cpe1", 10, silent=True)  # keepalives for 4 s, then nothing
+        busy = fake_cpe(pair, "cpe2", 10)
         quiet, neighbour = result(silent), result(busy)
     finally:
         echo.kill()
         echo.wait()
-    # the BGW's keepalives each second, then the end 3 s (+ up to 1 s of housekeeping tick) after the start
+    # while the CPE was alive: one BGW keepalive per 1-1.5 s (the wheel's 0.25 s slots and tick)
+    assert 2 <= quiet["keepalives_while_alive"] <= 5, quiet
+    # silent: ended 3 s after its last byte, plus up to two slots (a busy machine: some slack)
     assert quiet["closed"] and 2.9 <= quiet["closed_after_s"] <= 5.5, quiet
-    assert quiet["keepalives"] >= 2, quiet
     assert not neighbour["closed"] and neighbour["received"] > 200, neighbour
     m = pair.metrics(pair.bgw)
     assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="keepalive_timeout"}'] == 1
