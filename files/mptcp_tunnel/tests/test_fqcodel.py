@@ -154,6 +154,18 @@ def test_the_kernel_gate_allows_a_few_ms_at_the_acknowledged_rate() -> None:
     assert gate.room(2_010_000, 0.4) < 0  # the subflows hold far more than a few ms: wait
 
 
+def test_the_byte_bound_gate_holds_its_floor_at_low_rates_and_a_few_ms_at_high_rates() -> None:
+    """The default datapath's bound (``tunnel.queue_bytes``) counts the subflows' unsent data too."""
+    gate = KernelGate(floor=131_072)
+    assert gate.room(0, 0.0) == 131_072
+    gate.measured(0.0, written=0, outstanding=0, notsent=0)
+    gate.measured(0.2, written=400_000, outstanding=100_000, notsent=150_000)  # 1.5 MB/s acknowledged
+    assert gate.limit == 131_072 and gate.room(400_000, 0.2) == 131_072 - 150_000  # full: drop
+    gate.measured(0.4, written=200_400_000, outstanding=400_000, notsent=50_000)  # ~1 GB/s
+    assert gate.limit == int(gate.rate * GATE_S) > 1_000_000  # a few ms at a high rate, not the floor
+    assert gate.room(200_400_000, 0.4) == gate.limit - 50_000
+
+
 def test_the_shaper_lets_the_kernel_have_its_rate_and_no_more() -> None:
     rate = 10e6  # bit/s
     gate = KernelGate(shape_bps=rate)

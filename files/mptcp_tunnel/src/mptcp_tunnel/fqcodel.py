@@ -46,18 +46,20 @@ SHAPE_BURST_FLOOR = 4096  # bytes: a few full-sized packets even at low rates
 class KernelGate:
     """How many more bytes the agent may hand the kernel (sans-I/O): ``measured`` with the socket's
     counters, ``room`` between measurements (less what was written since), and no more than the
-    shaper's tokens when it has a rate."""
+    shaper's tokens when it has a rate. The kernel may hold ``max(floor, horizon_s at the
+    acknowledged rate)`` of unsent data."""
 
-    def __init__(self, shape_bps: float = 0.0) -> None:
+    def __init__(self, shape_bps: float = 0.0, floor: int = GATE_FLOOR, horizon_s: float = GATE_S) -> None:
+        self.floor, self.horizon_s = floor, horizon_s
         self.shape = shape_bps / 8  # bytes/s; 0 = no shaper
         self.burst = max(float(SHAPE_BURST_FLOOR), self.shape * SHAPE_BURST_S)
         self.tokens = self.burst
         self._tokens_at = -1.0
         self._tokens_written = 0
         self.rate = 0.0  # bytes/s acknowledged, smoothed
-        self.limit = GATE_FLOOR
+        self.limit = floor
         self._at = -1.0
-        self._base = GATE_FLOOR
+        self._base = floor
         self._written_at = 0
         self._rate_at = -1.0
         self._rate_acked = 0
@@ -75,7 +77,7 @@ class KernelGate:
             sample = (acked - self._rate_acked) / (now - self._rate_at)
             self.rate = sample if self.rate == 0 else (self.rate + sample) / 2
             self._rate_at, self._rate_acked = now, acked
-        self.limit = max(GATE_FLOOR, int(self.rate * GATE_S))
+        self.limit = max(self.floor, int(self.rate * self.horizon_s))
         self._base = self.limit - notsent
         self._written_at = written
         self._at = now

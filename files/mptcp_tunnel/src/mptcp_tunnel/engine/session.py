@@ -186,6 +186,14 @@ class Session:
         rate = tunnel.shape_mbit if shape_mbit is None else shape_mbit  # the BGW's per-CPE rate wins
         self._gate = KernelGate(rate * 1e6) if self._fq is not None else None
         self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
+        # The byte bound (aqm none) counts the subflows' unsent data too: the scheduler parks hundreds of
+        # KB in them, and when one link slows down that data held the connection's send buffer full and
+        # the other link idle for up to a second (fig9_varying). Beyond it, packets are dropped.
+        self._bound = (
+            KernelGate(floor=tunnel.queue_bytes)
+            if self._bounded and self._fq is None and self._aqm is None
+            else None
+        )
         self._rtt_at = 0  # bytes written when the paths' RTT was last read
         self._path_s = 0.0  # the slowest subflow's smoothed RTT (what the sojourn time excludes)
         self._batch = Batcher(tunnel.batch_bytes, tunnel.batch_timeout_us / 1e6, MAX_BATCH_PACKETS)
@@ -214,7 +222,7 @@ class Session:
         AQM sees the queue, so the session runs as with ``queue_bytes: 0`` (backpressure)."""
         global _unbounded_warned
         self._bounded = False
-        self._aqm = self._fq = self._gate = None
+        self._aqm = self._fq = self._gate = self._bound = None
         if not _unbounded_warned:
             _unbounded_warned = True
             log.warning(
@@ -344,6 +352,11 @@ class Session:
             else:
                 if self._aqm is not None:
                     self._manage_queue(segments, lengths)
+                elif self._bound is not None and not self._tx_tail:
+                    fits = _fitting(lengths, self._room(self._bound))
+                    if fits < len(segments):
+                        stats[QUEUE_DROPS] += len(segments) - fits
+                        del segments[fits:], lengths[fits:]
                 if segments:
                     self._send_segments(segments, lengths)
             batch.flushed()
@@ -372,10 +385,11 @@ class Session:
         if not self._gated:
             self.loop.modify(self.sock_fd, IN | OUT)
 
-    def _room(self) -> int:
-        """fq_codel: bytes the kernel may still take (``KernelGate``): the connection's unsent data
-        and what the subflows hold beyond their windows, against a few ms at the acknowledged rate."""
-        gate = self._gate
+    def _room(self, gate: KernelGate | None = None) -> int:
+        """Bytes the kernel may still take (``KernelGate``; fq_codel's gate unless another is given): the
+        connection's unsent data and what the subflows hold beyond their windows, against a few ms at
+        the acknowledged rate."""
+        gate = gate or self._gate
         assert gate is not None
         now = time.monotonic()
         if gate.stale(now):
