@@ -238,14 +238,10 @@ class CpeAgent:
         session.housekeeping(time.monotonic(), check_info=True)
         if session.ended:
             return
-        metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)
+        metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)  # established ones (housekeeping)
         self._flush_stats(session)
         with contextlib.suppress(OSError):
-            infos = subflow_infos(session.sock)
-            self.subflow_metrics.update(infos, self._link_of(), self._backup())
-            # MPTCP_INFO's count is the path manager's (+1 for the initial subflow), wrong once the
-            # initial subflow was closed (the kernel keeps it listed in state close): count them here.
-            metrics.SUBFLOWS.labels(self.cpe.id).set(sum(1 for sf in infos if sf.state == "established"))
+            self.subflow_metrics.update(subflow_infos(session.sock), self._link_of(), self._backup())
         self._policy_tick()
         self._cap_tick()
         self.rt.tick()

@@ -46,11 +46,11 @@ SHAPE_BURST_FLOOR = 4096  # bytes: a few full-sized packets even at low rates
 class KernelGate:
     """How many more bytes the agent may hand the kernel (sans-I/O): ``measured`` with the socket's
     counters, ``room`` between measurements (less what was written since), and no more than the
-    shaper's tokens when it has a rate. The kernel may hold ``max(floor, horizon_s at the
-    acknowledged rate)`` of unsent data."""
+    shaper's tokens when it has a rate. The kernel may hold ``max(floor, GATE_S at the acknowledged
+    rate)`` of unsent data."""
 
-    def __init__(self, shape_bps: float = 0.0, floor: int = GATE_FLOOR, horizon_s: float = GATE_S) -> None:
-        self.floor, self.horizon_s = floor, horizon_s
+    def __init__(self, shape_bps: float = 0.0, floor: int = GATE_FLOOR) -> None:
+        self.floor = floor
         self.shape = shape_bps / 8  # bytes/s; 0 = no shaper
         self.burst = max(float(SHAPE_BURST_FLOOR), self.shape * SHAPE_BURST_S)
         self.tokens = self.burst
@@ -77,7 +77,7 @@ class KernelGate:
             sample = (acked - self._rate_acked) / (now - self._rate_at)
             self.rate = sample if self.rate == 0 else (self.rate + sample) / 2
             self._rate_at, self._rate_acked = now, acked
-        self.limit = max(self.floor, int(self.rate * self.horizon_s))
+        self.limit = max(self.floor, int(self.rate * GATE_S))
         self._base = self.limit - notsent
         self._written_at = written
         self._at = now

@@ -191,6 +191,12 @@ def subflow_windows(sock: socket.socket) -> list[SubflowWindow]:
     return out
 
 
+def established(infos: list[SubflowInfo]) -> int:
+    """Subflows that carry data. MPTCP_INFO's own count is the path manager's plus one, wrong once the
+    initial subflow was closed (the kernel keeps it listed in state close)."""
+    return sum(1 for sf in infos if sf.state == "established")
+
+
 def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
     """Per-subflow TCP state (MPTCP_TCPINFO) paired with addresses (MPTCP_SUBFLOW_ADDRS).
 

@@ -38,6 +38,7 @@ from mptcp_tunnel.fqcodel import FlowQueues, Item, KernelGate
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
+    established,
     mptcp_info,
     subflow_infos,
     subflow_windows,
@@ -277,8 +278,7 @@ class Session:
         if check_info and not self.ended:
             try:
                 mptcp_info(self.sock)  # raises on fallback
-                # established ones: the kernel's own count keeps a closed initial subflow
-                subflows = sum(1 for sf in subflow_infos(self.sock) if sf.state == "established")
+                subflows = established(subflow_infos(self.sock))
                 if subflows != self.subflows:
                     self.subflows = subflows
                     self._dirty.add(self)

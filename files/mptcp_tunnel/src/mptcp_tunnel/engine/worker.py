@@ -35,7 +35,7 @@ from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
 from mptcp_tunnel.engine.wheel import TimerWheel
-from mptcp_tunnel.mptcp import subflow_infos
+from mptcp_tunnel.mptcp import established, subflow_infos
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.status import subflow_row
 from mptcp_tunnel.tls import TlsChannel, load_contexts
@@ -286,10 +286,10 @@ class Worker:
             if busy and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
                 session.subflows_read_at = now
                 with contextlib.suppress(OSError):
-                    rows = [subflow_row(sf) for sf in subflow_infos(session.sock)]
-                    details[session.cpe_id] = rows
+                    infos = subflow_infos(session.sock)
+                    details[session.cpe_id] = [subflow_row(sf) for sf in infos]
                     # the count too, not only at the next MPTCP_INFO round (up to 30 s after the start)
-                    session.subflows = sum(1 for r in rows if r["state"] == "established")
+                    session.subflows = established(infos)
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
