@@ -89,3 +89,52 @@ def test_every_link_down_removes_no_endpoint() -> None:
     assert mon.excluded == {"fixed"}
     mon.carrier("cellular", False, 1.1)
     assert mon.down == {"fixed", "cellular"} and mon.excluded == frozenset()
+
+
+def _silence(mon: LinkMonitor, start: float, stalled: frozenset[str], link: str = "fixed") -> float:
+    """Probes go unanswered from ``start``; returns when the link went down (polling at each probe)."""
+    t = start
+    while mon.is_up(link):
+        mon.probe_sent(link, t)
+        asked = frozenset(mon.suspects(t)) & stalled  # the caller only asks about suspects
+        mon.poll(t, asked)
+        t = round(t + 0.1, 6)
+        assert t < start + 5, "never went down"
+    return round(t - 0.1 - start, 6)
+
+
+def test_a_stalled_subflow_halves_the_time_to_down() -> None:
+    probes_only = LinkMonitor(["fixed"], S, 0.0)
+    probe_for(probes_only, 0.0, 2.0, answer=True)
+    both = LinkMonitor(["fixed"], S, 0.0)
+    probe_for(both, 0.0, 2.0, answer=True)
+    assert _silence(probes_only, 2.0, frozenset()) == 0.5
+    assert _silence(both, 2.0, frozenset({"fixed"})) == 0.3  # first tick at >= 0.25 s
+    assert S.stalled_after_s == 0.25
+
+
+def test_a_stalled_subflow_alone_is_not_down() -> None:
+    mon = LinkMonitor(["fixed", "cellular"], S, 0.0)
+    for t in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        for link in ("fixed", "cellular"):
+            mon.probe_sent(link, t)
+            mon.probe_reply(link, t + 0.05)
+        # probes answered: the subflow's silence (e.g. a long RTO on a healthy link) does not count
+        assert mon.suspects(t + 0.06) == []
+        assert mon.poll(t + 0.06, {"fixed", "cellular"}) == []
+    assert mon.down == frozenset()
+
+
+def test_only_links_with_unanswered_probes_are_suspects() -> None:
+    mon = LinkMonitor(["fixed", "cellular"], S, 0.0)
+    t = 0.0
+    while t < 0.3:
+        mon.probe_sent("fixed", t)
+        mon.probe_sent("cellular", t)
+        mon.probe_reply("cellular", t + 0.05)
+        t = round(t + 0.1, 6)
+    assert mon.suspects(0.3) == ["fixed"]
+    events = mon.poll(0.3, {"fixed"})
+    assert [(e.link, e.up) for e in events] == [("fixed", False)]
+    assert "unacknowledged" in events[0].reason
+    assert mon.suspects(0.4) == []  # down links are no suspects

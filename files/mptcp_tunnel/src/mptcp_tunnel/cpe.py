@@ -125,6 +125,7 @@ class CpeAgent:
             self.monitor,
             self._on_link_event,
             self._on_carrier_back,
+            self._stalled,
         )
         for link in self.cpe.links:
             metrics.LINK_UP.labels(link.name).set(1 if self.monitor.is_up(link.name) else 0)
@@ -253,6 +254,26 @@ class CpeAgent:
             metrics.apply_session_stats(self.cpe.id, deltas)
             self.tunnel_bytes["tx"] += deltas[1]
             self.tunnel_bytes["rx"] += deltas[3]
+
+    def _stalled(self, links: list[str], after_s: float) -> frozenset[str]:
+        """Of ``links``, those whose established subflow holds data without an ACK for ``after_s``."""
+        session = self.session
+        if session is None or session.ended:
+            return frozenset()
+        try:
+            infos = subflow_infos(session.sock)
+        except OSError:
+            return frozenset()
+        link_of = self._link_of()
+        return frozenset(
+            link_of[sf.local]
+            for sf in infos
+            if sf.state == "established"
+            and sf.local in link_of
+            and link_of[sf.local] in links
+            and sf.unacked > 0
+            and sf.last_ack_recv_ms >= after_s * 1000
+        )
 
     def _link_of(self) -> dict[str, str]:
         return {str(link.address): link.name for link in self.cpe.links}

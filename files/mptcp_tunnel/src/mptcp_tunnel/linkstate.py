@@ -8,12 +8,14 @@ backed off itself, held data the receiver needed for 4-5 s more: the whole tunne
 that is down has its endpoint removed (the subflow closes at once, its data is re-sent on the other
 links) and a link that is back gets a fresh subflow.
 
-Inputs: carrier changes (netlink), probes sent and answered (ICMP echo over the link), time.
+Inputs: carrier changes (netlink), probes sent and answered (ICMP echo over the link), the links
+whose subflow holds data the peer has not acknowledged for a while (TCP_INFO), time.
 Output: ``LinkEvent``s, one per change of a link's state, with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -22,6 +24,11 @@ class FailoverSettings:
     probe_interval_s: float = 0.1  # 0 disables probes: only the carrier counts
     down_after_s: float = 0.5  # no probe answered for this long: the link is down
     up_after_probes: int = 3  # consecutive answers before a down link is used again
+
+    @property
+    def stalled_after_s(self) -> float:
+        """Down after half of ``down_after_s`` when the link's own subflow agrees (``poll``)."""
+        return self.down_after_s / 2
 
 
 @dataclass(frozen=True)
@@ -111,18 +118,41 @@ class LinkMonitor:
             return [LinkEvent(link, True, f"{self.settings.up_after_probes} probes answered")]
         return []
 
-    def poll(self, now: float) -> list[LinkEvent]:
-        """Time passes: links whose probes went unanswered for ``down_after_s`` go down."""
+    def suspects(self, now: float) -> list[str]:
+        """Up links whose probes have gone unanswered for ``stalled_after_s``: the caller then asks
+        their subflows (the question costs a syscall, so it is only asked when it can matter)."""
+        half = self.settings.stalled_after_s
+        return [name for name, st in self._links.items() if st.up and self._waiting(st, now, half)]
+
+    def poll(self, now: float, stalled: Collection[str] = ()) -> list[LinkEvent]:
+        """Time passes: links whose probes went unanswered for ``down_after_s`` go down, and so do
+        links in ``stalled`` after half that time.
+
+        ``stalled``: links whose subflow holds data that has had no acknowledgement for
+        ``stalled_after_s``. Two independent signals agreeing (the probes and the subflow's own ACK
+        clock) are as strong as the probes alone for twice as long, and under an upload, or a
+        download whose ACKs go up the tunnel, a blackhole is found in about half the time.
+        """
         out = []
         limit = self.settings.down_after_s
+        half = self.settings.stalled_after_s
         for name, st in self._links.items():
-            # Unanswered means: a probe was sent at least down_after_s ago and nothing came back
-            # since (so an agent that stopped probing for a while never declares a link dead).
-            waiting = st.first_probe is not None and now - st.first_probe >= limit
-            if st.up and waiting and now - st.last_reply >= limit:
+            if st.up and self._waiting(st, now, limit):
                 st.up = False
                 st.replies = 0
                 out.append(LinkEvent(name, False, f"no probe answered for {now - st.last_reply:.1f} s"))
-            elif not st.up and waiting:
+            elif st.up and name in stalled and self._waiting(st, now, half):
+                st.up = False
+                st.replies = 0
+                silent = now - st.last_reply
+                reason = f"no probe answered for {silent:.1f} s, its subflow's data unacknowledged"
+                out.append(LinkEvent(name, False, reason))
+            elif not st.up and st.first_probe is not None and now - st.first_probe >= limit:
                 st.replies = 0  # a lost probe restarts the count: a flapping link stays out
         return out
+
+    @staticmethod
+    def _waiting(st: _State, now: float, limit: float) -> bool:
+        # Unanswered means: a probe was sent at least ``limit`` ago and nothing came back since (so
+        # an agent that stopped probing for a while never declares a link dead).
+        return st.first_probe is not None and now - st.first_probe >= limit and now - st.last_reply >= limit

@@ -109,11 +109,13 @@ class LinkWatch:
         monitor: LinkMonitor,
         on_event: Callable[[LinkEvent], None],
         on_carrier_back: Callable[[Link], None],
+        stalled: Callable[[list[str], float], frozenset[str]] = lambda _links, _after: frozenset(),
     ) -> None:
         self.links = {link.interface: link for link in links}
         self.monitor = monitor
         self.on_event = on_event
         self.on_carrier_back = on_carrier_back
+        self.stalled = stalled  # which of these links' subflows hold data unacknowledged this long
         # A plain rtnetlink socket for the events (pyroute2 0.9's IPRoute, once used for a request,
         # dropped link events in a test here); pyroute2 parses the messages.
         self.rtnl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
@@ -173,7 +175,9 @@ class LinkWatch:
         for prober in self.probers:
             prober.send()
             self.monitor.probe_sent(prober.link.name, now)
-        self._emit(self.monitor.poll(now))
+        suspects = self.monitor.suspects(now)
+        stalled = self.stalled(suspects, self.monitor.settings.stalled_after_s) if suspects else frozenset()
+        self._emit(self.monitor.poll(now, stalled))
 
     def _reply_handler(self, prober: _Prober) -> Callable[[int], None]:
         return lambda _events: self._on_reply(prober)

@@ -144,6 +144,7 @@ class SubflowInfo:
     total_retrans: int  # segments
     unacked: int
     backoff: int
+    last_ack_recv_ms: int = 0  # since the subflow last received an ACK (any, duplicates too)
 
 
 def _subflow_request(sock: socket.socket, optname: int, entry: int) -> tuple[bytes, int, int]:
@@ -212,6 +213,7 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
         t = infos[base + i * i_size : base + (i + 1) * i_size].ljust(_TCP_INFO_SIZE, b"\0")
         state, _ca, _retr, _probes, backoff = struct.unpack_from("=BBBBB", t, 0)
         (unacked,) = struct.unpack_from("=I", t, 24)
+        (last_ack_recv,) = struct.unpack_from("=I", t, 56)
         (rtt,) = struct.unpack_from("=I", t, 68)
         (cwnd,) = struct.unpack_from("=I", t, 80)
         (total_retrans,) = struct.unpack_from("=I", t, 100)
@@ -230,6 +232,7 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
                 total_retrans=total_retrans,
                 unacked=unacked,
                 backoff=backoff,
+                last_ack_recv_ms=last_ack_recv,
             )
         )
     return out
