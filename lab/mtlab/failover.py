@@ -9,8 +9,12 @@ every packet dropped with the carrier up, ``carrier``: both interfaces set down)
   >= 90 % of the cellular-only rate (the steady rate from 3 s after the failure to the repair).
 - ``failback_s``: repair -> the end of the first bin that starts a 0.3 s stretch above the
   cellular-only rate by at least a quarter of what the fixed link added before the failure.
-- ``worst_after_repair_mbps``: the lowest 0.5 s average from the repair to the end (the old bug:
-  the tunnel carried nothing for 4-5 s about 6 s after a repair).
+- ``worst_after_repair_mbps``: the lowest 1 s average from the repair to the end (the old bug:
+  the tunnel carried nothing for 4-5 s about 6 s after a repair). One second, not less: the inner
+  flow's own loss recovery leaves the receiver without data for one inner RTT (0.2-0.3 s with the
+  tunnel's queue full; bins of 0-1 Mbit/s, then a catch-up burst). In 12 blackhole runs (26 Nov) the
+  lowest 0.5 s window was 2.1-5.3 Mbit/s (the tests' bar: half the cellular rate, ~2.3) and the
+  lowest 1 s window 5.0-6.9; the old stall gives 0 for seconds either way.
 """
 
 from __future__ import annotations
@@ -146,7 +150,8 @@ def measure(
             f"failover: the flow ended {bins[-1][0] - repair_at:.1f} s after the repair "
             f"(sender: {sender_log.strip()[-300:]!r})"
         )
-    windows = [statistics.fmean(after[i : i + 5]) for i in range(len(after) - 4)]
+    per_s = round(1.0 / BIN_S)
+    windows = [statistics.fmean(after[i : i + per_s]) for i in range(len(after) - per_s + 1)]
     return FailoverRun(
         kind=kind,
         direction=direction,
