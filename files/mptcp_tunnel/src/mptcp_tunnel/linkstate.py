@@ -137,18 +137,19 @@ class LinkMonitor:
         limit = self.settings.down_after_s
         half = self.settings.stalled_after_s
         for name, st in self._links.items():
-            if st.up and self._waiting(st, now, limit):
-                st.up = False
-                st.replies = 0
-                out.append(LinkEvent(name, False, f"no probe answered for {now - st.last_reply:.1f} s"))
-            elif st.up and name in stalled and self._waiting(st, now, half):
-                st.up = False
-                st.replies = 0
-                silent = now - st.last_reply
-                reason = f"no probe answered for {silent:.1f} s, its subflow's data unacknowledged"
-                out.append(LinkEvent(name, False, reason))
-            elif not st.up and st.first_probe is not None and now - st.first_probe >= limit:
-                st.replies = 0  # a lost probe restarts the count: a flapping link stays out
+            if not st.up:
+                if st.first_probe is not None and now - st.first_probe >= limit:
+                    st.replies = 0  # a lost probe restarts the count: a flapping link stays out
+                continue
+            if self._waiting(st, now, limit):
+                also = ""
+            elif name in stalled and self._waiting(st, now, half):
+                also = ", its subflow's data unacknowledged"
+            else:
+                continue
+            st.up = False
+            st.replies = 0
+            out.append(LinkEvent(name, False, f"no probe answered for {now - st.last_reply:.1f} s{also}"))
         return out
 
     @staticmethod
