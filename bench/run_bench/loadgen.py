@@ -60,7 +60,9 @@ from typing import Any
 from mptcp_tunnel import framing
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel import tls as tlsmod
+from mptcp_tunnel.ackclock import AckClock
 from mptcp_tunnel.config import CPE_ID_RE, TlsSettings
+from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info
 from mtlab import procs
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
@@ -401,6 +403,7 @@ class _Conn:
         "tls",
         "tls_up",
         "reader",
+        "acks",
     )
 
     def __init__(self, spec: CpeSpec, idx: int, traffic: bool) -> None:
@@ -409,6 +412,7 @@ class _Conn:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = IDLE
+        self.acks: AckClock | None = None  # QUIET_BGW: the BGW's liveness from its ACKs
         self.gen = 0
         self.rbuf = bytearray()
         self.parser: framing.StreamParser | None = None
@@ -454,6 +458,7 @@ class LoadGen:
         max_frame_bytes: int = 4096,
         reconnect: bool = True,
         offer_offload: bool = False,
+        offer_quiet: bool = True,
         tls_dir: str | None = None,
         bgw_name: str = "bgw1",
     ) -> None:
@@ -471,6 +476,8 @@ class LoadGen:
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.offer = hs.Feature.VNET_HDR if offer_offload else hs.Feature.NONE
+        if offer_quiet:  # as the agent's CPE does: the BGW then sends no keepalives
+            self.offer |= hs.Feature.QUIET_BGW
         # TLS (the agent's default): each CPE presents its own certificate <tls_dir>/<id>.crt/.key
         # (see ``make_pki``); one client context per CPE, made at its first connect.
         self.tls_dir = tls_dir
@@ -513,6 +520,7 @@ class LoadGen:
         self.loop_turns = 0
         self.loop_max_lag_s = 0.0
         self.offload_sessions = 0
+        self.quiet_sessions = 0
 
     # ------------------------------------------------------------------ public API
     def start(self) -> None:
@@ -598,6 +606,7 @@ class LoadGen:
             "packets_rx": self.packets_rx,
             "loop_max_lag_s": round(self.loop_max_lag_s, 3),
             "offload_sessions": self.offload_sessions,
+            "quiet_sessions": self.quiet_sessions,
         }
         if self.phase_all_up is not None:
             secs = self.phase_all_up - self.phase_start
@@ -735,17 +744,24 @@ class LoadGen:
     def _session_timer(self, c: _Conn, now: float) -> None:
         if c.state != UP:
             return
-        if now - c.last_rx >= self.dead_after_s:
+        heard = c.last_rx
+        idle = now - c.last_tx
+        if c.acks is not None:  # a quiet BGW: its ACKs are read when our keepalive is due
+            if idle >= self.keepalive_s and c.sock is not None:
+                with contextlib.suppress(OSError, MptcpFallback):
+                    info = mptcp_info(c.sock)
+                    c.acks.reading(now, c.last_tx, info.write_seq, info.snd_una)
+            heard = max(heard, c.acks.alive_at)
+        if now - heard >= self.dead_after_s:
             self._drop(c, "keepalive_timeout", now)
             return
-        idle = now - c.last_tx
         if idle >= self.keepalive_s:
             self.keepalive_late_max_s = max(self.keepalive_late_max_s, idle - self.keepalive_s)
             self._send_app(
                 c, framing.encode_control(framing.ControlType.KEEPALIVE, vnet_hdr_len=c.vnet), now
             )
             self.keepalives_tx += 1
-        self._timer(min(c.last_tx + self.keepalive_s, c.last_rx + self.dead_after_s), T_SESSION, c)
+        self._timer(min(c.last_tx + self.keepalive_s, heard + self.dead_after_s), T_SESSION, c)
 
     # ------------------------------------------------------------------ connections
     def _pump_queue(self, now: float) -> None:
@@ -842,7 +858,7 @@ class LoadGen:
             raise hs.HandshakeError("rejected", hs.decode_reject(body)[:60])
         features = hs.decode_features(body)
         c.vnet = VNET_HDR_LEN if features & self.offer & hs.Feature.VNET_HDR else 0
-        self._up(c, now)
+        self._up(c, now, bool(features & self.offer & hs.Feature.QUIET_BGW))
         rest = memoryview(bytearray(65536))
         n = tls.read_into(rest)
         if n > 0:
@@ -974,7 +990,7 @@ class LoadGen:
                 body, c.spec.id, c.spec.secret, c.server_nonce, c.client_nonce
             )
             c.vnet = VNET_HDR_LEN if welcome.features & self.offer & hs.Feature.VNET_HDR else 0
-            self._up(c, now)
+            self._up(c, now, bool(welcome.features & self.offer & hs.Feature.QUIET_BGW))
             if c.rbuf:  # stream bytes right behind the WELCOME
                 assert c.parser is not None
                 try:
@@ -996,8 +1012,10 @@ class LoadGen:
                     self.echo_replies_rx += 1
                     c.events += 1
 
-    def _up(self, c: _Conn, now: float) -> None:
+    def _up(self, c: _Conn, now: float, quiet: bool) -> None:
         c.state = UP
+        c.acks = AckClock(now) if quiet else None
+        self.quiet_sessions += quiet
         c.attempt = 0
         c.parser = framing.StreamParser(
             max_frame_bytes=self.max_frame_bytes, vnet_hdr_len=c.vnet, bufsize=0
@@ -1159,6 +1177,11 @@ def _parser() -> argparse.ArgumentParser:
             "--offer-offload", action="store_true", help="offer VNET_HDR (TUN offload) in HELLO"
         )
         sp.add_argument("--tls", action="store_true", help="mutual TLS 1.3 (a throw-away PKI)")
+        sp.add_argument(
+            "--no-quiet",
+            action="store_true",
+            help="do not offer QUIET_BGW: the BGW sends keepalives too (the behaviour before it)",
+        )
 
     r = sub.add_parser("run", help="play N CPEs against a running BGW")
     fleet_args(r)
@@ -1203,6 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
             traffic_dst=args.traffic_dst,
             max_inflight=args.max_inflight,
             offer_offload=args.offer_offload,
+            offer_quiet=not args.no_quiet,
         )
         try:
             out = run_phases(
@@ -1244,6 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
                 traffic_every=args.traffic_every,
                 max_inflight=args.max_inflight,
                 offer_offload=args.offer_offload,
+                offer_quiet=not args.no_quiet,
                 tls_dir=tls_dir,
             )
             try:

@@ -38,25 +38,27 @@ def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> by
     return header + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
-def connect(cfg_path: str) -> socket.socket:
+def connect(cfg_path: str, offer: hs.Feature) -> tuple[socket.socket, hs.Feature]:
     cpe = load_config(cfg_path).cpe
     assert cpe is not None
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
     s.settimeout(5)
     s.connect(("10.1.0.2", 7440))
-    exchange.client_handshake(s, cpe, hs.Feature.NONE)
+    features = exchange.client_handshake(s, cpe, offer)
     s.settimeout(0.02)
-    return s
+    return s, features
 
 
 def main() -> None:
     cfg_path, seconds, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     reconnect = "--reconnect" in sys.argv
     silent = "--silent" in sys.argv
+    offer = hs.Feature.QUIET_BGW if "--quiet" in sys.argv else hs.Feature.NONE
     own = ipaddress.ip_address(src)
     result: dict[str, float | int | bool] = {"sent": 0, "received": 0, "foreign": 0, "keepalives": 0}
     result.update({"connections": 0, "closed": False, "closed_after_s": 0.0, "after_last": 0})
     result["keepalives_while_alive"] = 0
+    result["quiet"] = False  # the BGW accepted QUIET_BGW
     up_at = last_sent = time.monotonic()
     keepalive = encode_control(ControlType.KEEPALIVE)
     deadline = time.monotonic() + seconds
@@ -65,7 +67,8 @@ def main() -> None:
     while time.monotonic() < deadline:
         if sock is None:
             try:
-                sock = connect(cfg_path)
+                sock, features = connect(cfg_path, offer)
+                result["quiet"] = bool(features & hs.Feature.QUIET_BGW)
             except (OSError, hs.HandshakeError, exchange.Rejected):
                 if not reconnect:
                     break

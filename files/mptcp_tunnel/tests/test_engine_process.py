@@ -58,13 +58,15 @@ def echo_server(pair: Pair) -> subprocess.Popen[bytes]:
 
 
 def fake_cpe(
-    pair: Pair, cpe: str, seconds: float, reconnect: bool = False, silent: bool = False
+    pair: Pair, cpe: str, seconds: float, reconnect: bool = False, silent: bool = False, quiet: bool = False
 ) -> subprocess.Popen[str]:
     argv = [sys.executable, FAKECPE, str(cpe_config(pair, cpe)), str(seconds), SOURCE[cpe]]
     if reconnect:
         argv.append("--reconnect")
     if silent:
         argv.append("--silent")
+    if quiet:  # offer QUIET_BGW
+        argv.append("--quiet")
     return subprocess.Popen(["ip", "netns", "exec", pair.cpe, *argv], stdout=subprocess.PIPE, text=True)
 
 
@@ -203,3 +205,72 @@ def test_keepalives_flow_and_a_silent_peer_is_ended_on_time(pair: Pair) -> None:
     assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="keepalive_timeout"}'] == 1
     assert m.get('mptcp_tunnel_sessions_ended_total{cpe="cpe2",reason="keepalive_timeout"}', 0) == 0
     assert bgw.stop() == 0
+
+
+def test_a_quiet_bgw_sends_no_keepalives_and_still_ends_a_silent_peer(pair: Pair) -> None:
+    """QUIET_BGW: the BGW sends nothing to an idle CPE that offered it (the CPE learns the BGW is alive
+    from the ACKs of its own keepalives), and still ends the session when the CPE goes silent."""
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1"], workers=1, keepalive_s=1))
+    bgw.wait_log("BGW listening")
+    r = result(fake_cpe(pair, "cpe1", 10, silent=True, quiet=True))
+    assert r["quiet"], r
+    assert r["keepalives"] == 0, r  # the BGW was quiet, before and after the CPE fell silent
+    assert r["closed"] and 2.9 <= r["closed_after_s"] <= 5.5, r
+    m = pair.metrics(pair.bgw)
+    assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="keepalive_timeout"}'] == 1
+    assert bgw.stop() == 0
+
+
+def test_a_hung_worker_is_killed_and_its_cpes_come_back(pair: Pair) -> None:
+    """A worker that stops answering (SIGSTOP here) would leave quiet CPEs with sessions that look
+    alive and carry nothing: the control process kills it after WORKER_HUNG_S and restarts it."""
+    cpes = ["cpe1", "cpe2", "cpe3", "cpe4"]
+    worker_of = {c: zlib.crc32(c.encode()) % 2 for c in cpes}
+    assert set(worker_of.values()) == {0, 1}, "the test needs sessions on both workers"
+    bgw = pair.start("bgw", bgw_config(pair, cpes, workers=2))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        fakes = {c: fake_cpe(pair, c, 28, reconnect=True, quiet=True) for c in cpes}
+        wait_for(
+            lambda: bgw.log.read_text().count("session up") >= len(cpes), timeout=10, what="all sessions"
+        )
+        time.sleep(1)
+        workers = [pid for pid, cmd in children(bgw.proc.pid) if "worker" in cmd and "--index 0" in cmd]
+        assert len(workers) == 1, children(bgw.proc.pid)
+        os.kill(workers[0], signal.SIGSTOP)
+        results = {c: result(p) for c, p in fakes.items()}
+    finally:
+        echo.kill()
+        echo.wait()
+    assert "worker 0 sent nothing for 15 s (hung?): killing it" in bgw.log.read_text()
+    for cpe, r in results.items():
+        assert r["foreign"] == 0, (cpe, r)
+        if worker_of[cpe] == 0:  # frozen with the worker, then back through its successor
+            assert r["connections"] == 2 and r["after_last"] > 20, (cpe, r)
+        else:  # never noticed
+            assert r["connections"] == 1 and not r["closed"], (cpe, r)
+    assert bgw.proc.poll() is None
+    assert pair.metrics(pair.bgw)["mptcp_tunnel_worker_restarts_total"] == 1
+    assert bgw.stop() == 0
+
+
+def test_a_cpe_judges_a_quiet_bgw_by_the_acks_of_its_keepalives(pair: Pair) -> None:
+    """The agents negotiate QUIET_BGW: an idle session outlives 3 × keepalive_s with the BGW sending
+    nothing, and once the BGW's segments stop reaching the CPE (its ACKs with them) the CPE ends the
+    session on time and comes back when they flow again."""
+    bgw = pair.start("bgw", pair.config("bgw", tunnel__keepalive_s=1))
+    bgw.wait_log("BGW listening")
+    cpe = pair.start("cpe", pair.config("cpe", tunnel__keepalive_s=1, cpe__reconnect_max_s=1))
+    cpe.wait_log("quiet BGW)")
+    time.sleep(5)  # five keepalive intervals: dead after three if the ACKs were not counted
+    assert "session ended" not in cpe.log.read_text()
+    block = "add table inet t; add chain inet t o { type filter hook output priority 0; }; "
+    block += "add rule inet t o tcp sport 7440 drop"
+    subprocess.run(["ip", "netns", "exec", pair.bgw, "nft", block], check=True)
+    cut = time.monotonic()
+    cpe.wait_log("session ended: keepalive_timeout", timeout=15)
+    assert 2.5 <= time.monotonic() - cut <= 8, time.monotonic() - cut
+    subprocess.run(["ip", "netns", "exec", pair.bgw, "nft", "delete table inet t"], check=True)
+    wait_for(lambda: cpe.log.read_text().count("session up") >= 2, timeout=20, what="the session back")
+    assert cpe.stop() == 0 and bgw.stop() == 0

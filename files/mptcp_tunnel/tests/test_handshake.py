@@ -81,3 +81,10 @@ def test_malformed_hello_bodies_are_refused(body: bytes) -> None:
 
 def test_handshake_magic_can_not_be_mistaken_for_an_ip_packet() -> None:
     assert hs.MAGIC[0] >> 4 not in (4, 6)
+
+
+def test_known_feature_bits_survive_and_unknown_ones_are_dropped() -> None:
+    offered = hs.Feature.VNET_HDR | hs.Feature.QUIET_BGW | hs.Feature(0x80000000)
+    body = roundtrip(hs.encode_features(hs.MsgType.OFFER, offered))[1]
+    assert hs.decode_features(body) == hs.Feature.VNET_HDR | hs.Feature.QUIET_BGW
+    assert hs.bgw_offer(offload=False) == hs.Feature.QUIET_BGW  # quiet keepalives need no kernel feature

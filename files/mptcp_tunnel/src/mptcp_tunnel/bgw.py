@@ -52,6 +52,7 @@ LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 ACCEPT_BUDGET = 128  # accepts per loop turn
 ACCEPT_PAUSE_S = 0.2  # after EMFILE and friends: let sessions and handshakes free fds first
 WORKER_STOP_S = 5.0
+WORKER_HUNG_S = 15.0  # a worker silent this long (it reports every HEARTBEAT_S at most) is killed
 PROGRESS_EVERY = 250  # long loops (TUN setup/teardown) tell systemd they are alive this often
 
 
@@ -141,6 +142,7 @@ class WorkerHandle:
     chan: socket.socket | None = None
     restarts: int = 0
     cpes: set[str] = field(default_factory=set)
+    heard_at: float = 0.0  # the worker's last message (it sends one at least every HEARTBEAT_S)
 
 
 class BgwAgent:
@@ -227,6 +229,17 @@ class BgwAgent:
         for handle in self.workers:
             if handle.proc is not None and handle.proc.poll() is not None:
                 self._worker_died(handle)
+            elif handle.proc is not None and now - handle.heard_at > WORKER_HUNG_S:
+                self._on_worker(handle)  # what it sent while this process was busy counts
+                if handle.proc is None or now - handle.heard_at <= WORKER_HUNG_S:
+                    continue
+                # Its sessions would look alive to quiet CPEs (their kernels still ACK) and carry
+                # nothing: end it, and its CPEs reconnect to its successor.
+                log.error(
+                    "worker %d sent nothing for %.0f s (hung?): killing it", handle.index, WORKER_HUNG_S
+                )
+                handle.heard_at = now
+                handle.proc.kill()
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
@@ -276,6 +289,7 @@ class BgwAgent:
             self.cfg.log_level,
         ]
         handle.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()])
+        handle.heard_at = time.monotonic()
         theirs.close()
         handle.chan = ours
         ours.setblocking(False)
@@ -346,6 +360,7 @@ class BgwAgent:
             message, fds = got
             for fd in fds:  # workers never send fds; never keep what we did not ask for
                 os.close(fd)
+            handle.heard_at = time.monotonic()
             self._worker_message(handle, message)
 
     def _drain_worker(self, handle: WorkerHandle) -> None:
@@ -387,6 +402,7 @@ class BgwAgent:
                 self._session_down(slot, message["reason"])
         elif op == "admitted":
             self._admitted(handle, message)
+        # "alive": the worker's heartbeat; receiving it was the point (heard_at)
 
     def _session_up(
         self, handle: WorkerHandle, slot: CpeSlot, gen: int, vnet: bool, peer: str, how: str
@@ -609,7 +625,7 @@ class BgwAgent:
             hs.verify_hello(hello, slot.entry.secret, pending.machine.nonce)
             if self.workers[slot.worker].chan is None:
                 raise hs.HandshakeError("worker_unavailable", "busy, try again in a moment")
-            features = hello.features & (hs.Feature.VNET_HDR if self.offload else hs.Feature.NONE)
+            features = hello.features & hs.bgw_offer(self.offload)
             welcome = hs.encode_welcome(hello, slot.entry.secret, pending.machine.nonce, features)
             if pending.conn.send(welcome) != len(welcome):
                 raise hs.HandshakeError("io_error", "could not send WELCOME")
@@ -625,16 +641,18 @@ class BgwAgent:
             self._drop_pending(fd)
             return
         self._forget_pending(fd)
-        self._hand_over(slot, pending, bool(features & hs.Feature.VNET_HDR))
+        self._hand_over(slot, pending, features)
 
-    def _hand_over(self, slot: CpeSlot, pending: Pending, vnet: bool) -> None:
+    def _hand_over(self, slot: CpeSlot, pending: Pending, features: hs.Feature) -> None:
         """Give the connection and the CPE's TUN to its worker; the old session ends there, atomically."""
         handle = self.workers[slot.worker]
         if handle.chan is None:  # worker restarting: the CPE retries in a moment
             metrics.HANDSHAKE_FAILURES.labels("worker_unavailable").inc()
             pending.conn.close()
             return
-        message = self._session_message("attach", slot, vnet=vnet)
+        vnet = bool(features & hs.Feature.VNET_HDR)
+        quiet = bool(features & hs.Feature.QUIET_BGW)
+        message = self._session_message("attach", slot, vnet=vnet, quiet=quiet)
         if not self._send_to_worker(handle, slot, pending, message):
             return
         self._session_up(handle, slot, slot.generation, vnet, pending.peer, "")

@@ -59,7 +59,7 @@ class CpeAgent:
         self.last_reconcile = 0.0
         self.loop = EventLoop()
         self.buffers = Buffers(cfg.tunnel.batch_bytes)
-        self.offer = hs.Feature.NONE
+        self.offer = hs.Feature.QUIET_BGW  # the BGW's ACKs of our keepalives tell us it is alive
         self.ticks = 0
         self.tls_ctx = client_context(cfg.tls) if cfg.tls is not None else None
         self.monitor = LinkMonitor([link.name for link in cfg.cpe.links], cfg.cpe.failover, time.monotonic())
@@ -133,7 +133,7 @@ class CpeAgent:
         offload = self.cfg.tunnel.offload
         if offload != "off":
             if offload_supported():
-                self.offer = hs.Feature.VNET_HDR
+                self.offer |= hs.Feature.VNET_HDR
             elif offload == "on":
                 raise TunError("tunnel.offload is on but this kernel's TUN driver refuses offload")
         tun_fd, _index = open_tun(self.cfg.tunnel.tun_name, self.cfg.tunnel.mtu)
@@ -184,6 +184,7 @@ class CpeAgent:
                 self.cpe.id,
                 self.cfg.tunnel,
                 vnet=vnet,
+                acked_liveness=bool(features & hs.Feature.QUIET_BGW),
                 source_filter=None,
                 owns_tun=False,
                 on_end=lambda _s: None,
@@ -194,13 +195,14 @@ class CpeAgent:
             self.session, self.session_via = session, link_name
             metrics.SESSION_UP.labels(self.cpe.id).set(1)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
-            if self.offer and not vnet:
+            if self.offer & hs.Feature.VNET_HDR and not vnet:
                 log.warning("TUN offload not negotiated (the BGW does not offer it): per-packet mode")
             log.info(
-                "session up via the %s link (%s, %s)",
+                "session up via the %s link (%s, %s, %s)",
                 link_name,
                 "TLS 1.3" if tls is not None else "NO encryption",
                 "offload" if vnet else "per-packet",
+                "quiet BGW" if session.acked_liveness else "keepalives both ways",
             )
             self._run_session(session)
             self.session = None

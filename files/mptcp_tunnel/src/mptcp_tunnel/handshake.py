@@ -45,6 +45,17 @@ class Feature(enum.IntFlag):
 
     NONE = 0
     VNET_HDR = 1  # each frame carries a virtio-net header (TUN offload mode)
+    # The BGW sends no keepalives: the CPE knows the BGW is alive when the BGW's kernel data-ACKs the
+    # CPE's own keepalives (MPTCP_INFO snd_una). Halves a fleet's idle keepalive work on the BGW.
+    QUIET_BGW = 2
+
+
+KNOWN_FEATURES = Feature.VNET_HDR | Feature.QUIET_BGW
+
+
+def bgw_offer(offload: bool) -> Feature:
+    """What a BGW accepts: offload where its TUN driver has it, and always the quiet keepalives."""
+    return (Feature.VNET_HDR if offload else Feature.NONE) | Feature.QUIET_BGW
 
 
 class MsgType(enum.IntEnum):
@@ -147,7 +158,7 @@ def decode_hello(body: bytes) -> Hello:
         cpe_id = body[fixed : fixed + id_len].decode("ascii")
     except UnicodeDecodeError:
         raise HandshakeError("bad_message", "CPE id is not ASCII") from None
-    return Hello(cpe_id, nonce, Feature(features & Feature.VNET_HDR), body[fixed + id_len :], features)
+    return Hello(cpe_id, nonce, Feature(features & KNOWN_FEATURES), body[fixed + id_len :], features)
 
 
 def verify_hello(hello: Hello, secret: bytes, server_nonce: bytes) -> None:
@@ -170,7 +181,7 @@ def decode_welcome(
     expected = _mac(secret, b"welcome", server_nonce, client_nonce, cpe_id, features)
     if not hmac.compare_digest(expected, body[4:]):
         raise HandshakeError("auth_failed", "the BGW does not know our secret")
-    return Welcome(Feature(features & Feature.VNET_HDR), body[4:])
+    return Welcome(Feature(features & KNOWN_FEATURES), body[4:])
 
 
 def encode_claim(cpe_id: str) -> bytes:
@@ -195,7 +206,7 @@ def decode_features(body: bytes) -> Feature:
     if len(body) < 4:
         raise HandshakeError("bad_message", f"feature message of {len(body)} bytes")
     (features,) = struct.unpack_from("!I", body)
-    return Feature(features & Feature.VNET_HDR)  # unknown bits: ignored
+    return Feature(features & KNOWN_FEATURES)  # unknown bits: ignored
 
 
 class MessageReader:

@@ -36,6 +36,8 @@ class MptcpInfo:
     bytes_sent: int
     bytes_received: int
     retransmits: int
+    write_seq: int  # the data sequence number of the next byte written
+    snd_una: int  # the oldest byte the peer has not data-acknowledged (== write_seq: all acked)
 
 
 def mptcp_socket(family: socket.AddressFamily) -> socket.socket:
@@ -71,11 +73,20 @@ def mptcp_info(sock: socket.socket) -> MptcpInfo:
     (flags,) = struct.unpack_from("=I", data, 8)
     if flags & MPTCP_INFO_FLAG_FALLBACK:
         raise MptcpFallback("the connection fell back to plain TCP")
-    # struct mptcp_info: u8 subflows @0 (extra subflows), u32 retransmits @48,
-    # u64 bytes_sent @64, u64 bytes_received @72 (layout from <linux/mptcp.h>, 5.19+).
-    retransmits = struct.unpack_from("=I", data, 48)[0] if len(data) >= 52 else 0
-    sent, received = struct.unpack_from("=QQ", data, 64) if len(data) >= 80 else (0, 0)
-    return MptcpInfo(subflows=data[0] + 1, bytes_sent=sent, bytes_received=received, retransmits=retransmits)
+    # struct mptcp_info (<linux/mptcp.h>): u8 subflows @0 (extra subflows), u64 write_seq @16,
+    # u64 snd_una @24 (every kernel with MPTCP); u32 retransmits @44, u64 bytes_sent @56,
+    # u64 bytes_received @64 (6.5+; older kernels return less and those read 0).
+    write_seq, snd_una = struct.unpack_from("=QQ", data, 16) if len(data) >= 32 else (0, 0)
+    retransmits = struct.unpack_from("=I", data, 44)[0] if len(data) >= 48 else 0
+    sent, received = struct.unpack_from("=QQ", data, 56) if len(data) >= 72 else (0, 0)
+    return MptcpInfo(
+        subflows=data[0] + 1,
+        bytes_sent=sent,
+        bytes_received=received,
+        retransmits=retransmits,
+        write_seq=write_seq,
+        snd_una=snd_una,
+    )
 
 
 MPTCP_SUBFLOW_ADDRS = 3

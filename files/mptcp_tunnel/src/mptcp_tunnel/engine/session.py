@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from mptcp_tunnel.ackclock import AckClock
 from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
 from mptcp_tunnel.config import TunnelSettings
@@ -138,6 +139,8 @@ class Session:
         tunnel: TunnelSettings,
         *,
         vnet: bool,
+        keepalives: bool = True,
+        acked_liveness: bool = False,
         source_filter: SourceFilter | None,
         owns_tun: bool,
         on_end: Callable[[Session], None],
@@ -156,6 +159,10 @@ class Session:
         self.tunnel = tunnel
         self.vnet = vnet
         self.stream_hdr = VNET_HDR_LEN if vnet else 0
+        # QUIET_BGW: the BGW sends no keepalives (``keepalives`` False there); the CPE counts the
+        # BGW's data-level ACKs of what it sent as hearing from it (``acked_liveness``).
+        self.keepalives = keepalives
+        self.acked_liveness = acked_liveness
         self.source_filter = source_filter  # replaced whole on reload
         self.owns_tun = owns_tun
         self.on_end = on_end
@@ -201,6 +208,7 @@ class Session:
         self._keepalive = encode_control(ControlType.KEEPALIVE, vnet_hdr_len=self.stream_hdr)
         now = time.monotonic()
         self.last_rx = self.last_tx = self.last_frame = now
+        self.acks = AckClock(now)  # acked_liveness: when the peer's kernel last proved it is alive
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -251,17 +259,23 @@ class Session:
     def housekeeping_due(self, now: float) -> float:
         """When ``housekeeping`` next has something to do, if nothing happens meanwhile. Traffic only
         moves these moments later, so a worker may sleep a session until then and look again."""
-        if self._aqm is not None or self._tx_tail:
-            return now + 1.0  # the path RTT reading, or a keepalive waiting behind a partial write
+        if self._aqm is not None or self._tx_tail or self.acked_liveness:
+            return now + 1.0  # the path RTT, a keepalive behind a partial write, or the peer's ACKs
         dead = DEAD_AFTER_KEEPALIVES * self.tunnel.keepalive_s
-        return min(self.last_tx + self.tunnel.keepalive_s, self.last_rx + dead, self.last_frame + dead)
+        due = min(self.last_rx + dead, self.last_frame + dead)
+        return min(due, self.last_tx + self.tunnel.keepalive_s) if self.keepalives else due
 
     def housekeeping(self, now: float, check_info: bool) -> None:
         """Called about once a second: keepalive, dead-peer detection, subflows and fallback."""
         if self.ended:
             return
         keepalive = self.tunnel.keepalive_s
-        if now - self.last_rx > DEAD_AFTER_KEEPALIVES * keepalive:
+        heard = self.last_rx
+        if self.acked_liveness:
+            if now - max(heard, self.acks.alive_at) >= keepalive:  # a quiet peer: do its ACKs come?
+                self._read_acks(now)
+            heard = max(heard, self.acks.alive_at)
+        if now - heard > DEAD_AFTER_KEEPALIVES * keepalive:
             self.end(f"keepalive_timeout: nothing received for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s")
             return
         if now - self.last_frame > DEAD_AFTER_KEEPALIVES * keepalive and self.last_rx > self.last_frame:
@@ -270,7 +284,7 @@ class Session:
                 f" ({len(self._rx_tail)} bytes waiting)"
             )
             return
-        if now - self.last_tx >= keepalive and not self._tx_tail:
+        if self.keepalives and now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
         if self._aqm is not None and self._clock.written - self._rtt_at > RTT_AFTER_BYTES:
             self._read_path_rtt()
@@ -286,6 +300,13 @@ class Session:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
                 pass
+
+    def _read_acks(self, now: float) -> None:
+        try:
+            info = mptcp_info(self.sock)
+        except (OSError, MptcpFallback):
+            return  # a fallen-back connection ends at the next subflow check
+        self.acks.reading(now, self.last_tx, info.write_seq, info.snd_una)
 
     def _read_path_rtt(self) -> None:
         """The slowest subflow's smoothed RTT: a byte the kernel holds has waited in the send queues

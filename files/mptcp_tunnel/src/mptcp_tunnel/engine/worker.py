@@ -46,6 +46,7 @@ log = logging.getLogger("mptcp_tunnel.worker")
 HOUSEKEEPING_S = 0.25  # the timer wheel's quantum: keepalives leave at most ~0.5 s late
 INFO_EVERY_S = 30.0  # MPTCP_INFO (subflows, fallback) per session every 30 s, spread over time
 STATS_S = 1.0
+HEARTBEAT_S = 2.0  # the longest the worker stays silent: the control process kills a hung worker
 # `status` on the BGW: a session that moved bytes has its subflows read at most every 5 s, and at most
 # 200 sessions are read per report (a fleet's cost stays bounded); 100 CPEs per message.
 SUBFLOWS_EVERY_S = 5.0
@@ -73,6 +74,7 @@ class Worker:
         self.tls_ctx: ssl.SSLContext | None = None
         self.tls_settings: TlsSettings | None = None
         self.offered = hs.Feature.NONE
+        self.sent_at = 0.0  # the last message to the control process (HEARTBEAT_S)
         self.admitting: dict[int, tuple[TlsAccept, dict[str, Any], int]] = {}  # fd -> (accept, msg, tun)
 
     def run(self) -> int:
@@ -130,7 +132,7 @@ class Worker:
             self.tunnel = tunnel_from_wire(message["tunnel"])
             if len(self.buffers.tx) < self.tunnel.batch_bytes + 65545:
                 self.buffers = Buffers(self.tunnel.batch_bytes)
-            self.offered = hs.Feature.VNET_HDR if message.get("offload") else hs.Feature.NONE
+            self.offered = hs.bgw_offer(bool(message.get("offload")))
             if message.get("tls"):
                 self._load_tls(TlsSettings(**message["tls"]))
         elif op == "attach":
@@ -195,12 +197,15 @@ class Worker:
             )
             return
         vnet = bool(accept.features & hs.Feature.VNET_HDR)
-        self._run_session(message, accept.sock, tun_fd, vnet, accept.channel, accept.leftover, answer=True)
+        quiet = bool(accept.features & hs.Feature.QUIET_BGW)
+        self._run_session(
+            message, accept.sock, tun_fd, vnet, quiet, accept.channel, accept.leftover, answer=True
+        )
 
     def _attach(self, message: dict[str, Any], fds: list[int]) -> None:
         sock_fd, tun_fd = fds
         sock = socket.socket(fileno=sock_fd)
-        self._run_session(message, sock, tun_fd, bool(message["vnet"]))
+        self._run_session(message, sock, tun_fd, bool(message["vnet"]), bool(message.get("quiet")))
 
     def _run_session(
         self,
@@ -208,6 +213,7 @@ class Worker:
         sock: socket.socket,
         tun_fd: int,
         vnet: bool,
+        quiet: bool,
         tls: TlsChannel | None = None,
         rx_tail: bytes = b"",
         answer: bool = False,
@@ -228,6 +234,7 @@ class Worker:
             cpe_id,
             self.tunnel,
             vnet=vnet,
+            keepalives=not quiet,  # QUIET_BGW: the CPE hears us through the ACKs of its keepalives
             source_filter=SourceFilter(_prefixes(message["prefixes"]), VNET_HDR_LEN if vnet else 0),
             owns_tun=True,
             on_end=self._ended,
@@ -296,6 +303,8 @@ class Worker:
         self.dirty.clear()
         if cpes:
             self._send({"op": "stats", "cpes": cpes})
+        elif now - self.sent_at >= HEARTBEAT_S:
+            self._send({"op": "alive"})
         batch = list(details.items())
         for i in range(0, len(batch), SUBFLOWS_PER_MESSAGE):
             self._send({"op": "subflows", "cpes": dict(batch[i : i + SUBFLOWS_PER_MESSAGE])})
@@ -308,6 +317,7 @@ class Worker:
 
     def _send(self, message: dict[str, Any]) -> None:
         """Queue for the control process; a full channel never blocks the loop or loses a message."""
+        self.sent_at = time.monotonic()
         try:
             if not self.outbox.push(message):
                 self.loop.modify(self.chan.fileno(), IN | OUT)
