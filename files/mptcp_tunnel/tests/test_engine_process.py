@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_agent_process import Pair, wait_for
+from test_agent_process import Agent, Pair, wait_for
 
 pytest_plugins = ["test_agent_process"]  # its "pair" fixture: two namespaces, two links
 
@@ -147,35 +147,44 @@ def test_reload_removing_one_cpe_while_adding_another_under_traffic(pair: Pair) 
     assert bgw.stop() == 0
 
 
-def test_a_killed_worker_costs_only_its_own_sessions(pair: Pair) -> None:
-    cpes = ["cpe1", "cpe2", "cpe3", "cpe4", "cpe5", "cpe6"]
+def worker0_struck(
+    pair: Pair, cpes: list[str], sig: signal.Signals, seconds: float, quiet: bool = False
+) -> tuple[Agent, dict[str, int]]:
+    """Scripted CPEs on both of a BGW's workers; ``sig`` hits worker 0 once all are up. Only worker 0's
+    CPEs lose their session, and they come back; returns the BGW and each CPE's worker."""
     worker_of = {c: zlib.crc32(c.encode()) % 2 for c in cpes}
     assert set(worker_of.values()) == {0, 1}, "the test needs sessions on both workers"
     bgw = pair.start("bgw", bgw_config(pair, cpes, workers=2))
     bgw.wait_log("BGW listening")
     echo = echo_server(pair)
     try:
-        fakes = {c: fake_cpe(pair, c, 12, reconnect=True) for c in cpes}
+        fakes = {c: fake_cpe(pair, c, seconds, reconnect=True, quiet=quiet) for c in cpes}
         wait_for(
             lambda: bgw.log.read_text().count("session up") >= len(cpes), timeout=10, what="all sessions"
         )
         time.sleep(1)
         workers = [pid for pid, cmd in children(bgw.proc.pid) if "worker" in cmd and "--index 0" in cmd]
         assert len(workers) == 1, children(bgw.proc.pid)
-        os.kill(workers[0], signal.SIGKILL)
+        os.kill(workers[0], sig)
         results = {c: result(p) for c, p in fakes.items()}
     finally:
         echo.kill()
         echo.wait()
     for cpe, r in results.items():
         assert r["foreign"] == 0, (cpe, r)
-        if worker_of[cpe] == 0:  # lost with the worker, then back by itself
+        if worker_of[cpe] == 0:  # lost with the worker, then back through its successor
             assert r["connections"] == 2 and r["after_last"] > 20, (cpe, r)
         else:  # never noticed
             assert r["connections"] == 1 and not r["closed"], (cpe, r)
     assert bgw.proc.poll() is None
+    assert pair.metrics(pair.bgw)["mptcp_tunnel_worker_restarts_total"] == 1
+    return bgw, worker_of
+
+
+def test_a_killed_worker_costs_only_its_own_sessions(pair: Pair) -> None:
+    cpes = ["cpe1", "cpe2", "cpe3", "cpe4", "cpe5", "cpe6"]
+    bgw, worker_of = worker0_struck(pair, cpes, signal.SIGKILL, 12)
     m = pair.metrics(pair.bgw)
-    assert m["mptcp_tunnel_worker_restarts_total"] == 1
     for cpe in cpes:
         died = m.get(f'mptcp_tunnel_sessions_ended_total{{cpe="{cpe}",reason="worker_died"}}', 0)
         assert died == (1 if worker_of[cpe] == 0 else 0), cpe
@@ -224,34 +233,8 @@ def test_a_quiet_bgw_sends_no_keepalives_and_still_ends_a_silent_peer(pair: Pair
 def test_a_hung_worker_is_killed_and_its_cpes_come_back(pair: Pair) -> None:
     """A worker that stops answering (SIGSTOP here) would leave quiet CPEs with sessions that look
     alive and carry nothing: the control process kills it after WORKER_HUNG_S and restarts it."""
-    cpes = ["cpe1", "cpe2", "cpe3", "cpe4"]
-    worker_of = {c: zlib.crc32(c.encode()) % 2 for c in cpes}
-    assert set(worker_of.values()) == {0, 1}, "the test needs sessions on both workers"
-    bgw = pair.start("bgw", bgw_config(pair, cpes, workers=2))
-    bgw.wait_log("BGW listening")
-    echo = echo_server(pair)
-    try:
-        fakes = {c: fake_cpe(pair, c, 28, reconnect=True, quiet=True) for c in cpes}
-        wait_for(
-            lambda: bgw.log.read_text().count("session up") >= len(cpes), timeout=10, what="all sessions"
-        )
-        time.sleep(1)
-        workers = [pid for pid, cmd in children(bgw.proc.pid) if "worker" in cmd and "--index 0" in cmd]
-        assert len(workers) == 1, children(bgw.proc.pid)
-        os.kill(workers[0], signal.SIGSTOP)
-        results = {c: result(p) for c, p in fakes.items()}
-    finally:
-        echo.kill()
-        echo.wait()
+    bgw, _ = worker0_struck(pair, ["cpe1", "cpe2", "cpe3", "cpe4"], signal.SIGSTOP, 28, quiet=True)
     assert "worker 0 sent nothing for 15 s (hung?): killing it" in bgw.log.read_text()
-    for cpe, r in results.items():
-        assert r["foreign"] == 0, (cpe, r)
-        if worker_of[cpe] == 0:  # frozen with the worker, then back through its successor
-            assert r["connections"] == 2 and r["after_last"] > 20, (cpe, r)
-        else:  # never noticed
-            assert r["connections"] == 1 and not r["closed"], (cpe, r)
-    assert bgw.proc.poll() is None
-    assert pair.metrics(pair.bgw)["mptcp_tunnel_worker_restarts_total"] == 1
     assert bgw.stop() == 0
 
 
