@@ -39,6 +39,7 @@ from mptcp_tunnel.fqcodel import FlowQueues, Item, KernelGate
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
+    MptcpInfo,
     established,
     mptcp_info,
     subflow_infos,
@@ -271,9 +272,10 @@ class Session:
             return
         keepalive = self.tunnel.keepalive_s
         heard = self.last_rx
+        info: MptcpInfo | None = None  # one MPTCP_INFO reading serves the ACKs and the fallback check
         if self.acked_liveness:
             if now - max(heard, self.acks.alive_at) >= keepalive:  # a quiet peer: do its ACKs come?
-                self._read_acks(now)
+                info = self._read_acks(now)
             heard = max(heard, self.acks.alive_at)
         if now - heard > DEAD_AFTER_KEEPALIVES * keepalive:
             self.end(f"keepalive_timeout: nothing received for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s")
@@ -291,7 +293,8 @@ class Session:
 
         if check_info and not self.ended:
             try:
-                mptcp_info(self.sock)  # raises on fallback
+                if info is None:
+                    mptcp_info(self.sock)  # raises on fallback
                 subflows = established(subflow_infos(self.sock))
                 if subflows != self.subflows:
                     self.subflows = subflows
@@ -301,12 +304,13 @@ class Session:
             except OSError:
                 pass
 
-    def _read_acks(self, now: float) -> None:
+    def _read_acks(self, now: float) -> MptcpInfo | None:
         try:
             info = mptcp_info(self.sock)
         except (OSError, MptcpFallback):
-            return  # a fallen-back connection ends at the next subflow check
+            return None  # a fallen-back connection ends at the fallback check
         self.acks.reading(now, self.last_tx, info.write_seq, info.snd_una)
+        return info
 
     def _read_path_rtt(self) -> None:
         """The slowest subflow's smoothed RTT: a byte the kernel holds has waited in the send queues

@@ -205,7 +205,7 @@ class Worker:
     def _attach(self, message: dict[str, Any], fds: list[int]) -> None:
         sock_fd, tun_fd = fds
         sock = socket.socket(fileno=sock_fd)
-        self._run_session(message, sock, tun_fd, bool(message["vnet"]), bool(message.get("quiet")))
+        self._run_session(message, sock, tun_fd, bool(message["vnet"]), bool(message["quiet"]))
 
     def _run_session(
         self,
