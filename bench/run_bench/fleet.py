@@ -4,8 +4,9 @@ Per N, in its own pair of namespaces (``mtlab.fleetlab``; not the netns lab):
 1. the BGW starts with N CPEs configured (``bgw_start_s``: until it logs "listening");
 2. the generator connects all N (``setup_per_s`` = N / seconds until the last is up);
 3. the BGW's process tree is read from /proc (``rss_mib``, ``pss_mib``, ``fds``, threads);
-4. ``idle_cpu_pct``: the BGW's CPU over a window with every session keepaliving (and every
-   ``traffic_every``-th CPE pinging the BGW once a second through its session);
+4. ``idle_cpu_pct``: the BGW's CPU over a window with every session keepaliving and no traffic;
+   ``traffic_cpu_pct`` over a second window with every ``traffic_every``-th CPE pinging the BGW
+   once a second through its session;
 5. ``reload_s``: the config gains one CPE, SIGHUP, until the log says "config reloaded" (and
    ``reload_tun_s`` until its TUN exists); no session may drop, and the new CPE must come up;
 6. ``storm_s``: every connection is reset at once, until all N are back (the CPEs reconnect
@@ -28,7 +29,7 @@ from typing import Any
 from mtlab import LabError
 from mtlab.fleetlab import FleetLab
 
-from run_bench.loadgen import LoadGen, bgw_config, bgw_usage, cpu_percent, fleet
+from run_bench.loadgen import LoadGen, bgw_config, bgw_usage, fleet, idle_and_traffic_cpu
 from run_bench.results import Progress, ScenarioResult, warn
 
 ROLE = Path(__file__).resolve().parents[2] / "roles/mptcp_tunnel"
@@ -160,11 +161,14 @@ def _steady(
     """With all sessions up: idle window, reload, storm."""
     n = len(cpes)
     drops0, cpu0, t0 = sum(lg.drops.values()), _cpu_self(), time.monotonic()
-    point["idle_cpu_pct"] = cpu_percent(fl.bgw_pids(), idle_window_s)
+    point |= idle_and_traffic_cpu(lg, fl.bgw_pids(), idle_window_s)
     point["idle_window_s"] = idle_window_s
     point["loadgen_cpu_pct"] = round(100 * (_cpu_self() - cpu0) / (time.monotonic() - t0), 1)
     point["idle_drops"] = sum(lg.drops.values()) - drops0
-    log(f"fleet {n}: idle BGW CPU {point['idle_cpu_pct']} % of one core")
+    log(
+        f"fleet {n}: idle BGW CPU {point['idle_cpu_pct']} % of one core,"
+        f" {point['traffic_cpu_pct']} % with the sample pings"
+    )
     _reload(fl, lg, point, cpes, extra, cfg_args, keepalive_s, log)
     try:
         point["storm_s"] = round(lg.storm(max(120.0, n / 50)), 3)
@@ -230,8 +234,9 @@ def fleet_scale(
     stop_timeout = unit_stop_timeout_s()
     res.notes.append(
         f"BGW and load generator in two namespaces over one unshaped veth; keepalive"
-        f" {s.fleet_keepalive_s:g} s; every {s.fleet_traffic_every}th CPE pings through its"
-        f" session once a second; stop target = the unit's TimeoutStopSec ({stop_timeout:g} s)"
+        f" {s.fleet_keepalive_s:g} s; idle CPU: {s.fleet_idle_window_s:g} s of keepalives only;"
+        f" then as long with every {s.fleet_traffic_every}th CPE pinging through its session once"
+        f" a second; stop target = the unit's TimeoutStopSec ({stop_timeout:g} s)"
     )
     for n in s.fleet_sizes:
         try:

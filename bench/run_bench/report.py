@@ -172,6 +172,7 @@ FLEET_COLUMNS = (
     ("pss_mib", "PSS MiB", 0),
     ("fds", "fds", 0),
     ("idle_cpu_pct", "idle CPU %", 1),
+    ("traffic_cpu_pct", "CPU % with sample pings", 1),
     ("reload_s", "reload s", 2),
     ("reload_dropped", "dropped by reload", 0),
     ("storm_s", "storm s", 1),

@@ -166,6 +166,33 @@ def test_the_byte_bound_gate_holds_its_floor_at_low_rates_and_a_few_ms_at_high_r
     assert gate.room(200_400_000, 0.4) == gate.limit - 50_000
 
 
+def test_a_rough_reading_from_siocoutq_never_allows_more_than_a_full_one() -> None:
+    """A sparse packet needs only SIOCOUTQ: unsent data is part of what the kernel holds unacknowledged."""
+    for outstanding, notsent in ((0, 0), (60_000, 0), (60_000, 60_000), (100_000, 30_000)):
+        rough, full = KernelGate(floor=131_072), KernelGate(floor=131_072)
+        rough.measured_roughly(0.0, written=0, outstanding=outstanding)
+        full.measured(0.0, written=0, outstanding=outstanding, notsent=notsent)
+        assert rough.room(0, 0.0) == 131_072 - outstanding <= full.room(0, 0.0)
+        assert not rough.exact and full.exact
+    gate = KernelGate(floor=131_072)
+    gate.measured_roughly(0.0, written=0, outstanding=1_500)
+    assert not gate.needs_reading(0.0005, written=0, need=1_500)  # a ping fits: no more reads
+    assert gate.needs_reading(0.0005, written=0, need=130_000)  # rough and too small: read it all
+    gate.measured(0.0005, written=0, outstanding=1_500, notsent=0)
+    assert not gate.needs_reading(0.0006, written=0, need=129_000)  # a full reading stands for 1 ms
+    assert gate.needs_reading(0.002, written=0, need=1)  # stale
+
+
+def test_rough_readings_still_learn_the_rate() -> None:
+    """At a high rate the bound is a few ms at the acknowledged rate, not its floor: rough readings
+    (every batch fits) must keep that rate current."""
+    gate = KernelGate(floor=131_072)
+    gate.measured_roughly(0.0, written=0, outstanding=0)
+    gate.measured_roughly(0.2, written=200_000_000, outstanding=100_000)  # ~1 GB/s acknowledged
+    assert gate.limit == int(gate.rate * GATE_S) > 1_000_000
+    assert gate.room(200_000_000, 0.2) == gate.limit - 100_000
+
+
 def test_the_shaper_lets_the_kernel_have_its_rate_and_no_more() -> None:
     rate = 10e6  # bit/s
     gate = KernelGate(shape_bps=rate)

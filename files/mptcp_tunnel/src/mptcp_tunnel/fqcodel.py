@@ -63,6 +63,7 @@ class KernelGate:
         self._written_at = 0
         self._rate_at = -1.0
         self._rate_acked = 0
+        self.exact = True  # the last reading counted the subflows' unsent data (not SIOCOUTQ alone)
 
     def stale(self, now: float) -> bool:
         return now - self._at >= MEASURE_EVERY_S
@@ -81,6 +82,21 @@ class KernelGate:
         self._base = self.limit - notsent
         self._written_at = written
         self._at = now
+        self.exact = True
+
+    def measured_roughly(self, now: float, written: int, outstanding: int) -> None:
+        """A reading of ``SIOCOUTQ`` alone: everything the kernel holds counts as unsent. Unsent data,
+        in the connection or in a subflow, is never acknowledged, so it is part of ``outstanding``:
+        ``room`` then never allows more than after a full reading, and the rate is still learned.
+        Sparse traffic (a ping through an idle session) costs one ioctl instead of three reads; room
+        that does not fit what is to be sent calls for a full reading (``needs_reading``)."""
+        self.measured(now, written, outstanding, outstanding)
+        self.exact = False
+
+    def needs_reading(self, now: float, written: int, need: int) -> bool:
+        """Whether the kernel's counters must be read before ``need`` more bytes are sent: the last
+        reading is stale, or it was rough and too small for them (a full one may find room)."""
+        return self.stale(now) or (not self.exact and self.room(written, now) < need)
 
     def room(self, written: int, now: float) -> int:
         room = self._base - (written - self._written_at)

@@ -378,7 +378,7 @@ class Session:
                 if self._aqm is not None:
                     self._manage_queue(segments, lengths)
                 elif self._bound is not None and not self._tx_tail:
-                    fits = _fitting(lengths, self._room(self._bound))
+                    fits = _fitting(lengths, self._room(self._bound, sum(lengths)))
                     if fits < len(segments):
                         stats[QUEUE_DROPS] += len(segments) - fits
                         del segments[fits:], lengths[fits:]
@@ -394,7 +394,7 @@ class Session:
         if not fq.backlog and not self._tx_tail and not self._gated:
             # only what the kernel should still take: the rest waits in the flow queues (TLS would
             # otherwise take all of it and keep the excess as ciphertext, outside them)
-            fits = _fitting(lengths, self._room())
+            fits = _fitting(lengths, self._room(need=sum(lengths)))
             sent = self._send_stream(segments[:fits]) if fits else 0
             if sent < 0:
                 return
@@ -410,24 +410,29 @@ class Session:
         if not self._gated:
             self.loop.modify(self.sock_fd, IN | OUT)
 
-    def _room(self, gate: KernelGate | None = None) -> int:
+    def _room(self, gate: KernelGate | None = None, need: int = 0) -> int:
         """Bytes the kernel may still take (``KernelGate``; fq_codel's gate unless another is given): the
         connection's unsent data and what the subflows hold beyond their windows, against a few ms at
-        the acknowledged rate."""
+        the acknowledged rate. ``need``: the bytes about to be sent (enough room ends the reading early)."""
         gate = gate or self._gate
         assert gate is not None
         now = time.monotonic()
-        if gate.stale(now):
+        written = self._written
+        if gate.needs_reading(now, written, need):
             try:
                 outstanding = unacked_bytes(self.sock_fd)
-                notsent = unsent_bytes(self.sock_fd)
-                # a subflow in RTO recovery (a dead link) keeps its unsent data until the
-                # connection reinjects it elsewhere: it must not hold the survivors back
-                notsent += sum(w.notsent for w in subflow_windows(self.sock) if not w.stalled)
+                rough = need > 0 and not gate.shape  # the shaper's tokens are spent in ``room``
+                if rough:  # enough room by SIOCOUTQ alone (e.g. a lone ping) needs no more reads
+                    gate.measured_roughly(now, written, outstanding)
+                if not rough or gate.room(written, now) < need:
+                    notsent = unsent_bytes(self.sock_fd)
+                    # a subflow in RTO recovery (a dead link) keeps its unsent data until the
+                    # connection reinjects it elsewhere: it must not hold the survivors back
+                    notsent += sum(w.notsent for w in subflow_windows(self.sock) if not w.stalled)
+                    gate.measured(now, written, outstanding, notsent)
             except OSError:
                 return self.tunnel.batch_bytes
-            gate.measured(now, self._written, outstanding, notsent)
-        return gate.room(self._written, now)
+        return gate.room(written, now)
 
     def _wait_for_room(self) -> None:
         """The kernel holds enough: stop watching for writability, look again shortly."""
