@@ -178,6 +178,7 @@ def test_a_rough_reading_from_siocoutq_never_allows_more_than_a_full_one() -> No
     gate.measured_roughly(0.0, written=0, outstanding=1_500)
     assert not gate.needs_reading(0.0005, written=0, need=1_500)  # a ping fits: no more reads
     assert gate.needs_reading(0.0005, written=0, need=130_000)  # rough and too small: read it all
+    assert gate.needs_reading(0.0005, written=0, need=0)  # all the room there is: read it all
     gate.measured(0.0005, written=0, outstanding=1_500, notsent=0)
     assert not gate.needs_reading(0.0006, written=0, need=129_000)  # a full reading stands for 1 ms
     assert gate.needs_reading(0.002, written=0, need=1)  # stale

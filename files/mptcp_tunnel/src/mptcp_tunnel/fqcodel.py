@@ -95,8 +95,9 @@ class KernelGate:
 
     def needs_reading(self, now: float, written: int, need: int) -> bool:
         """Whether the kernel's counters must be read before ``need`` more bytes are sent: the last
-        reading is stale, or it was rough and too small for them (a full one may find room)."""
-        return self.stale(now) or (not self.exact and self.room(written, now) < need)
+        reading is stale, or it was rough and too small for them (a full one may find room); a
+        caller that takes all the room there is (``need`` 0) always gets a full one."""
+        return self.stale(now) or (not self.exact and (need <= 0 or self.room(written, now) < need))
 
     def room(self, written: int, now: float) -> int:
         room = self._base - (written - self._written_at)
