@@ -170,26 +170,29 @@ def test_a_rough_reading_from_siocoutq_never_allows_more_than_a_full_one() -> No
     """A sparse packet needs only SIOCOUTQ: unsent data is part of what the kernel holds unacknowledged."""
     for outstanding, notsent in ((0, 0), (60_000, 0), (60_000, 60_000), (100_000, 30_000)):
         rough, full = KernelGate(floor=131_072), KernelGate(floor=131_072)
-        rough.measured_roughly(0.0, written=0, outstanding=outstanding)
+        assert rough.measured_roughly(0.0, written=0, outstanding=outstanding, need=1)
         full.measured(0.0, written=0, outstanding=outstanding, notsent=notsent)
         assert rough.room(0, 0.0) == 131_072 - outstanding <= full.room(0, 0.0)
         assert not rough.exact and full.exact
     gate = KernelGate(floor=131_072)
-    gate.measured_roughly(0.0, written=0, outstanding=1_500)
+    assert gate.measured_roughly(0.0, written=0, outstanding=1_500, need=1_500)
     assert not gate.needs_reading(0.0005, written=0, need=1_500)  # a ping fits: no more reads
     assert gate.needs_reading(0.0005, written=0, need=130_000)  # rough and too small: read it all
     assert gate.needs_reading(0.0005, written=0, need=0)  # all the room there is: read it all
     gate.measured(0.0005, written=0, outstanding=1_500, notsent=0)
     assert not gate.needs_reading(0.0006, written=0, need=129_000)  # a full reading stands for 1 ms
     assert gate.needs_reading(0.002, written=0, need=1)  # stale
+    bulk = KernelGate(floor=131_072)
+    assert not bulk.measured_roughly(0.0, written=0, outstanding=120_000, need=20_000)  # cannot fit
+    assert bulk.exact and bulk.stale(0.0)  # nothing recorded: the full reading follows
 
 
 def test_rough_readings_still_learn_the_rate() -> None:
     """At a high rate the bound is a few ms at the acknowledged rate, not its floor: rough readings
     (every batch fits) must keep that rate current."""
     gate = KernelGate(floor=131_072)
-    gate.measured_roughly(0.0, written=0, outstanding=0)
-    gate.measured_roughly(0.2, written=200_000_000, outstanding=100_000)  # ~1 GB/s acknowledged
+    gate.measured_roughly(0.0, written=0, outstanding=0, need=1)
+    gate.measured_roughly(0.2, written=200_000_000, outstanding=100_000, need=1)  # ~1 GB/s acked
     assert gate.limit == int(gate.rate * GATE_S) > 1_000_000
     assert gate.room(200_000_000, 0.2) == gate.limit - 100_000
 

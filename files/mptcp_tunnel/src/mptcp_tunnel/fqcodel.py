@@ -84,14 +84,19 @@ class KernelGate:
         self._at = now
         self.exact = True
 
-    def measured_roughly(self, now: float, written: int, outstanding: int) -> None:
+    def measured_roughly(self, now: float, written: int, outstanding: int, need: int) -> bool:
         """A reading of ``SIOCOUTQ`` alone: everything the kernel holds counts as unsent. Unsent data,
         in the connection or in a subflow, is never acknowledged, so it is part of ``outstanding``:
         ``room`` then never allows more than after a full reading, and the rate is still learned.
-        Sparse traffic (a ping through an idle session) costs one ioctl instead of three reads; room
-        that does not fit what is to be sent calls for a full reading (``needs_reading``)."""
+        Sparse traffic (a ping through an idle session) costs one ioctl instead of three reads.
+        Returns whether that room fits ``need`` bytes; if not, the caller reads everything (nothing is
+        recorded when it cannot fit: a bulk sender's full reading is not preceded by a rough one).
+        Never with a shaper (its tokens are spent in ``room``) or for all the room there is."""
+        if need <= 0 or self.shape or self.limit - outstanding < need:
+            return False
         self.measured(now, written, outstanding, outstanding)
         self.exact = False
+        return self.room(written, now) >= need
 
     def needs_reading(self, now: float, written: int, need: int) -> bool:
         """Whether the kernel's counters must be read before ``need`` more bytes are sent: the last

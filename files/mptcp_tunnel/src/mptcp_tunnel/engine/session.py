@@ -421,10 +421,8 @@ class Session:
         if gate.needs_reading(now, written, need):
             try:
                 outstanding = unacked_bytes(self.sock_fd)
-                rough = need > 0 and not gate.shape  # the shaper's tokens are spent in ``room``
-                if rough:  # enough room by SIOCOUTQ alone (e.g. a lone ping) needs no more reads
-                    gate.measured_roughly(now, written, outstanding)
-                if not rough or gate.room(written, now) < need:
+                # enough room by SIOCOUTQ alone (e.g. a lone ping) needs no more reads
+                if not gate.measured_roughly(now, written, outstanding, need):
                     notsent = unsent_bytes(self.sock_fd)
                     # a subflow in RTO recovery (a dead link) keeps its unsent data until the
                     # connection reinjects it elsewhere: it must not hold the survivors back
