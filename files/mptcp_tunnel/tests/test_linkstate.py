@@ -1,5 +1,7 @@
 """Link state from carrier events and probe answers (sans-I/O): when a link goes out and back in."""
 
+import pytest
+
 from mptcp_tunnel.linkstate import FailoverSettings, LinkEvent, LinkMonitor
 
 S = FailoverSettings(probe_interval_s=0.1, down_after_s=0.5, up_after_probes=3)
@@ -103,14 +105,27 @@ def _silence(mon: LinkMonitor, start: float, stalled: frozenset[str], link: str 
     return round(t - 0.1 - start, 6)
 
 
-def test_a_stalled_subflow_halves_the_time_to_down() -> None:
+def test_a_stalled_subflow_cuts_the_time_to_down() -> None:
     probes_only = LinkMonitor(["fixed"], S, 0.0)
     probe_for(probes_only, 0.0, 2.0, answer=True)
     both = LinkMonitor(["fixed"], S, 0.0)
     probe_for(both, 0.0, 2.0, answer=True)
     assert _silence(probes_only, 2.0, frozenset()) == 0.5
-    assert _silence(both, 2.0, frozenset({"fixed"})) == 0.3  # first tick at >= 0.25 s
-    assert S.stalled_after_s == 0.25
+    assert _silence(both, 2.0, frozenset({"fixed"})) == 0.2
+    assert S.stalled_after_s == 0.2
+
+
+def test_a_verdict_between_two_probes_is_due_on_time() -> None:
+    mon = LinkMonitor(["fixed", "cellular"], FailoverSettings(down_after_s=0.6), 0.0)
+    assert mon.due(0.0) is None  # nothing unanswered: nothing can fall due
+    mon.probe_sent("cellular", 1.0)
+    mon.probe_reply("cellular", 1.05)
+    mon.probe_sent("fixed", 1.0)  # unanswered from here on
+    assert mon.due(1.0) == pytest.approx(1.24)  # 0.4 of 0.6 s: when its subflow may confirm it
+    assert mon.due(1.3) == pytest.approx(1.6)  # then the probes' own limit
+    assert mon.due(1.6) is None
+    mon.poll(1.6)
+    assert mon.down == {"fixed"} and mon.due(1.7) is None  # a down link is not waited for
 
 
 def test_a_stalled_subflow_alone_is_not_down() -> None:

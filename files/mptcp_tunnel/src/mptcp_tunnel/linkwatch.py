@@ -21,7 +21,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from mptcp_tunnel.config import Link
-from mptcp_tunnel.engine.loop import IN, EventLoop
+from mptcp_tunnel.engine.loop import IN, EventLoop, Timer
 from mptcp_tunnel.linkstate import LinkEvent, LinkMonitor
 
 log = logging.getLogger("mptcp_tunnel.linkwatch")
@@ -130,6 +130,7 @@ class LinkWatch:
                 except OSError as exc:
                     log.warning("link %s: no probes (%s): only its carrier is watched", link.name, exc)
         self.loop: EventLoop | None = None
+        self._check: Timer | None = None  # a verdict due between two probes
         self._initial_carrier()
 
     def _initial_carrier(self) -> None:
@@ -153,6 +154,9 @@ class LinkWatch:
     def detach(self) -> None:
         if self.loop is None:
             return
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         self.loop.unregister(self.rtnl.fileno())
         for prober in self.probers:
             self.loop.unregister(prober.sock.fileno())
@@ -175,9 +179,28 @@ class LinkWatch:
         for prober in self.probers:
             prober.send()
             self.monitor.probe_sent(prober.link.name, now)
+        self._verdict(now)
+
+    def _verdict(self, now: float) -> None:
+        """Poll the monitor (asking the subflows about suspect links), and again before the next probe
+        when a verdict falls due in between (``LinkMonitor.due``), or soon while a link is suspect: its
+        subflow may confirm the silence a little later than the probes."""
+        interval = self.monitor.settings.probe_interval_s
         suspects = self.monitor.suspects(now)
         stalled = self.stalled(suspects, self.monitor.settings.stalled_after_s) if suspects else frozenset()
         self._emit(self.monitor.poll(now, stalled))
+        if self._check is not None or self.loop is None:
+            return
+        due = self.monitor.due(now)
+        if self.monitor.suspects(now):
+            due = min(due or now + interval, now + interval / 4)
+        if due is not None and due < now + interval:
+            self._check = self.loop.call_later(due - now, self._on_check)
+
+    def _on_check(self) -> None:
+        self._check = None
+        if self.loop is not None:
+            self._verdict(time.monotonic())
 
     def _reply_handler(self, prober: _Prober) -> Callable[[int], None]:
         return lambda _events: self._on_reply(prober)
