@@ -185,16 +185,17 @@ class LinkWatch:
         """Poll the monitor (asking the subflows about suspect links), and again before the next probe
         when a verdict falls due in between (``LinkMonitor.due``), or soon while a link is suspect: its
         subflow may confirm the silence a little later than the probes."""
-        interval = self.monitor.settings.probe_interval_s
-        suspects = self.monitor.suspects(now)
-        stalled = self.stalled(suspects, self.monitor.settings.stalled_after_s) if suspects else frozenset()
-        self._emit(self.monitor.poll(now, stalled))
+        monitor = self.monitor
+        suspects = monitor.suspects(now)
+        stalled = self.stalled(suspects, monitor.settings.stalled_after_s) if suspects else frozenset()
+        self._emit(monitor.poll(now, stalled))
         if self._check is not None or self.loop is None:
             return
-        due = self.monitor.due(now)
-        if self.monitor.suspects(now):
-            due = min(due or now + interval, now + interval / 4)
-        if due is not None and due < now + interval:
+        interval = monitor.settings.probe_interval_s
+        due = monitor.due(now) or now + interval
+        if any(monitor.is_up(name) for name in suspects):  # still suspect after the poll
+            due = min(due, now + interval / 4)
+        if due < now + interval:
             self._check = self.loop.call_later(due - now, self._on_check)
 
     def _on_check(self) -> None:
