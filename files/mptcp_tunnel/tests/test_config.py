@@ -129,6 +129,20 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_wins(tmp_path: Path) -> None:
+    bad = tmp_path / "twice.yaml"
+    bad.write_text("role: bgw\nbgw:\n  cpes: []\n  listen_address: 10.1.0.2\n  cpes: []\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: line 5: duplicate key 'cpes'"):
+        load_config(str(bad))
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("role: cpe\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 15\)"):
+        load_config(str(bad))
+
+
 def test_not_a_mapping(tmp_path: Path) -> None:
     bad = tmp_path / "list.yaml"
     bad.write_text("- a\n- b\n")
