@@ -194,6 +194,23 @@ def test_bad_command_line_exits_2_with_usage() -> None:
     assert res.returncode == 2 and "usage:" in res.stderr
 
 
+def test_the_internal_worker_command_run_by_hand_says_so_without_a_traceback() -> None:
+    res = subprocess.run(  # fd 0 is /dev/null: not a socket
+        [sys.executable, "-m", "mptcp_tunnel", "worker", "--channel-fd", "0", "--index", "0"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--channel-fd 0: not the BGW's channel" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_status_with_an_empty_socket_path_names_the_option() -> None:
+    res = run_cli("status", "--socket", "")
+    assert res.returncode == 2 and "--socket: empty path" in res.stderr, res.stderr
+
+
 def test_unavailable_congestion_control_is_a_config_error_at_start(tmp_path: Path) -> None:
     cfg = tmp_path / "cc.yaml"
     doc = with_pki(mutate("cpe.yaml", "tunnel.congestion_control", "warp-drive"), tmp_path)

@@ -129,6 +129,9 @@ def _setup_network(cfg: AgentConfig, check: bool, as_json: bool) -> int:
 def _status(config: str | None, path: str | None, as_json: bool) -> int:
     from mptcp_tunnel import control, status
 
+    if path == "":
+        print("mptcp-tunnel: status: --socket: empty path", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
     if path is None:
         if config is None:
             path = default_control_socket("cpe")

@@ -25,9 +25,11 @@ import random
 import signal
 import socket
 import ssl
+import sys
 import time
 from typing import Any
 
+from mptcp_tunnel import exitcodes
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.config import ConfigError, IPNetwork, TlsSettings, TunnelSettings, tunnel_from_wire
 from mptcp_tunnel.engine import channel
@@ -333,5 +335,15 @@ def main(chan_fd: int, index: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    chan = socket.socket(fileno=chan_fd)
+    try:
+        chan = socket.socket(fileno=chan_fd)
+        if chan.family != socket.AF_UNIX:
+            raise OSError(f"a {chan.family.name} socket")
+    except OSError as exc:  # run by hand: this command is only for the BGW's control process
+        reason = exc.strerror or str(exc)
+        print(
+            f"mptcp-tunnel worker: --channel-fd {chan_fd}: not the BGW's channel ({reason})",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG_ERROR
     return Worker(chan, index).run()
