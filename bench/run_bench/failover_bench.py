@@ -1,6 +1,7 @@
 """Scenario ``failover`` (issue 9): time to recover from a fixed-link failure and to fail back.
 
-One bulk flow through the tunnel, measured at the receiver in 0.1 s bins (``mtlab.failover``); the
+One bulk flow through the tunnel (the end hosts' congestion control, ``--cc``), measured at the
+receiver in 0.1 s bins (``mtlab.failover``); the
 fixed link is broken after 8 s (``cut``: a blackhole with the carrier up; ``carrier``: both
 interfaces down) and repaired 8 s later. Per failure kind, direction and policy one point with
 ``recover_s`` (to >= 90 % of the cellular-only rate) and ``failback_s`` (to the cellular rate plus a
@@ -40,7 +41,11 @@ def failover(
     reps: int = getattr(s, "reps", 1)
     quick: bool = getattr(s, "quick", False)
     timing = {"before_s": 6.0, "down_s": 6.0, "after_s": 8.0} if quick else {}
-    res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, **timing})
+    # The end hosts' congestion control, as every other scenario sets it (``--cc``, default cubic),
+    # not the lab host's default: a BBR flow ignores the drops of a queue that must shrink when the
+    # capacity falls, and its losses then decide the recovery (README, Failover).
+    cc: str = getattr(s, "inner_cc", "cubic")
+    res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, "inner_cc": cc, **timing})
     res.links = link_settings(lab)
     for policy in POLICIES:
         _start(lab, agents, policy)
@@ -50,7 +55,7 @@ def failover(
                 for rep in range(reps):
                     label = f"{policy} {kind} {direction} rep {rep + 1}/{reps}"
                     try:
-                        run = measure(lab, kind, direction, **timing)
+                        run = measure(lab, kind, direction, cc=cc, **timing)
                     except LabError as exc:
                         progress.step(f"{label}: FAILED ({exc})")
                         continue

@@ -84,7 +84,7 @@ def _first_stretch(bins: list[tuple[float, float]], start: float, threshold: flo
     return None
 
 
-def start_flow(lab: Lab, direction: str, seconds: float, tag: str = "fo") -> None:
+def start_flow(lab: Lab, direction: str, seconds: float, tag: str = "fo", cc: str = "") -> None:
     snd, rcv = ("server", "client") if direction == "down" else ("client", "server")
     for name in (f"{tag}-recv", f"{tag}-send"):  # logs are appended to: start from empty ones
         (lab.state_dir / f"{name}.log").unlink(missing_ok=True)
@@ -92,6 +92,8 @@ def start_flow(lab: Lab, direction: str, seconds: float, tag: str = "fo") -> Non
     lab.serve(rcv, recv, f"{tag}-recv", ready="ready")
     host = address(rcv, "eth0")
     send = ["send", "--host", host, "--port", str(PORT), "--seconds", str(seconds)]
+    if cc:
+        send += ["--cc", cc]
     lab.popen(snd, lab.python("mtlab.flowmeter", *send), f"{tag}-send")
 
 
@@ -115,10 +117,11 @@ def measure(
     before_s: float = 8.0,
     down_s: float = 8.0,
     after_s: float = 12.0,
+    cc: str = "",
 ) -> FailoverRun:
     if kind not in ("cut", "carrier") or direction not in ("down", "up"):
         raise LabError(f"failover: unknown kind {kind!r} or direction {direction!r}")
-    start_flow(lab, direction, before_s + down_s + after_s)
+    start_flow(lab, direction, before_s + down_s + after_s, cc=cc)
     repaired = True
     try:
         time.sleep(before_s)

@@ -3,7 +3,8 @@
 - ``recv --port P [--bin-ms 100]``: accept one connection, count the bytes that arrive and print one
   line per bin, ``<monotonic start of bin> <bytes>``, until the sender closes; prints ``ready`` once
   listening and ``done`` at the end.
-- ``send --host H --port P --seconds S``: connect and send as fast as the connection takes, for S s.
+- ``send --host H --port P --seconds S [--cc NAME]``: connect and send as fast as the connection
+  takes, for S s, with congestion control NAME (default: the host's).
 
 CLOCK_MONOTONIC is shared by every network namespace, so bin times compare directly with the
 times a test or benchmark took when it broke or repaired a link.
@@ -58,9 +59,13 @@ def recv(port: int, bin_s: float) -> None:
     conn.close()
 
 
-def send(host: str, port: int, seconds: float) -> None:
+def send(host: str, port: int, seconds: float, cc: str = "") -> None:
     data = bytes(1 << 16)
-    with socket.create_connection((host, port), timeout=10) as s:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if cc:  # before connecting: the whole flow, slow start included, runs it
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        s.settimeout(10)
+        s.connect((host, port))
         s.settimeout(5)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -97,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", required=True)
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--cc", default="", help="the sender's congestion control (default: the host's)")
     a = p.parse_args(argv)
     if a.kind == "recv":
         recv(a.port, a.bin_ms / 1000)
     else:
-        send(a.host, a.port, a.seconds)
+        send(a.host, a.port, a.seconds, a.cc)
     return 0
 
 

@@ -19,13 +19,11 @@ def test_failover_and_failback_are_fast(tunnel: Lab, kind: str, direction: str) 
     tunnel.wait_tunnel(30)
     pids = (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw"))
     log_start = len(tunnel.log("agent-cpe"))
-    # Two retries, one more than the project's rule, said in the README (Known limits): whether
-    # the first 0.3 s at 90 % of the cellular rate comes before or after the inner flow's own
-    # loss-recovery gap decides between ~0.4 s and ~1.1 s (the gap: packets the byte bound dropped
-    # while the capacity fell, re-sent behind 128 KiB of tunnel queue at the cellular rate). 2 of 7
-    # blackhole runs on 27 Nov were above 1 s, and CI failed twice in a row once (1.13, 1.10 s).
-    for _attempt in (1, 2, 3):
-        run = measure(tunnel, kind, direction)
+    # The inner flow runs cubic, as every benchmark's end hosts do (this lab machine defaults to
+    # BBR, which ignores the drops of a queue that must shrink when the capacity falls: its losses
+    # then left the receiver without data for up to 0.5 s more; README, Failover). One retry.
+    for _attempt in (1, 2):
+        run = measure(tunnel, kind, direction, cc="cubic")
         print(run.as_point())
         if (
             run.recover_s is not None
