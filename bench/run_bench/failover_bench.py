@@ -42,8 +42,7 @@ def failover(
     quick: bool = getattr(s, "quick", False)
     timing = {"before_s": 6.0, "down_s": 6.0, "after_s": 8.0} if quick else {}
     # The end hosts' congestion control, as every other scenario sets it (``--cc``, default cubic),
-    # not the lab host's default: a BBR flow ignores the drops of a queue that must shrink when the
-    # capacity falls, and its losses then decide the recovery (README, Failover).
+    # not the lab host's default (BBR here): the figures must say which end hosts they are for.
     cc: str = getattr(s, "inner_cc", "cubic")
     res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, "inner_cc": cc, **timing})
     res.links = link_settings(lab)

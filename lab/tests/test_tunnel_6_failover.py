@@ -20,8 +20,8 @@ def test_failover_and_failback_are_fast(tunnel: Lab, kind: str, direction: str) 
     pids = (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw"))
     log_start = len(tunnel.log("agent-cpe"))
     # The inner flow runs cubic, as every benchmark's end hosts do (this lab machine defaults to
-    # BBR, which ignores the drops of a queue that must shrink when the capacity falls: its losses
-    # then left the receiver without data for up to 0.5 s more; README, Failover). One retry.
+    # BBR). One retry: the inner flow's loss recovery after the capacity falls sometimes costs
+    # another 0.2-0.5 s (27 of 28 cubic runs within 1 s on 27 Nov; README, Known limits).
     for _attempt in (1, 2):
         run = measure(tunnel, kind, direction, cc="cubic")
         print(run.as_point())
