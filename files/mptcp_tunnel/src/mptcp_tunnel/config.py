@@ -662,14 +662,17 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc]
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-        seen: set[Any] = set()
+        # Compared as resolved tag and text, not constructed: constructing every key a second time
+        # made a 10 000-CPE file load 20-60 % slower, this ~15 %. Every key the config accepts is a
+        # string, and two strings with one tag and one text are one key.
+        seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node)
+            key = (key_node.tag, key_node.value)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
