@@ -61,11 +61,9 @@ def recv(port: int, bin_s: float) -> None:
 
 def send(host: str, port: int, seconds: float, cc: str = "") -> None:
     data = bytes(1 << 16)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        if cc:  # before connecting: the whole flow, slow start included, runs it
+    with socket.create_connection((host, port), timeout=10) as s:
+        if cc:  # before the first byte: the whole transfer, slow start included, runs it
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
-        s.settimeout(10)
-        s.connect((host, port))
         s.settimeout(5)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
