@@ -49,13 +49,52 @@ def test_failover_and_failback_are_fast(tunnel: Lab, kind: str, direction: str) 
         assert "its subflow's data unacknowledged" in log
 
 
-@pytest.mark.timeout(170)
-def test_a_link_flapping_100_times_under_a_transfer(tunnel: Lab) -> None:
-    tunnel.wait_tunnel(30)
-    pids = (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw"))
-    downs = 'mptcp_tunnel_link_changes_total{link="fixed",state="down"}'
-    subflows = 'mptcp_tunnel_subflows{cpe="cpe1"}'
-    changes_before = tunnel.metrics("cpe").get(downs, 0)
+@pytest.mark.timeout(240)
+def test_a_backup_link_takes_over_a_blackholed_upload_within_a_second(tunnel: Lab) -> None:
+    """`backup`: the cellular subflow stood idle for longer than BBR's 10 s min-RTT window, so its
+    first acknowledgements would put it into ProbeRTT (4 packets for 0.2 s: 0.7 Mbit/s instead of
+    4.5) just as it takes over. Both agents run BBR here (whatever the host's default) and restart
+    it when the standby link takes over: the CPE itself, the BGW on the CPE's PATH_CHANGE frame."""
+    lab = tunnel
+    configs = {role: lab.agent_config(role) for role in ("bgw", "cpe")}
+    for cfg in configs.values():
+        cfg["tunnel"]["congestion_control"] = "bbr"
+    configs["cpe"]["cpe"]["policy"] = "backup"
+    restarts = 'mptcp_tunnel_cc_restarts_total{cpe="cpe1"}'
+    try:
+        for role in ("cpe", "bgw"):
+            lab.stop_agent(role)
+        for role in ("bgw", "cpe"):
+            lab.start_agent(role, configs[role])
+        lab.wait_tunnel(30)
+        time.sleep(3)  # + the flow's 8 s before the failure: the standby subflow's min RTT is stale
+        log_start = len(lab.log("agent-cpe"))
+        for _attempt in (1, 2):  # one retry, as for `aggregate` above
+            before = lab.metrics("bgw").get(restarts, 0)
+            run = measure(lab, "cut", "up", cc="cubic")
+            print(run.as_point())
+            if run.recover_s is not None and run.recover_s <= 1.0:
+                break
+            lab.wait_tunnel(30)
+        fixed, cellular = lab.links["fixed"].rate_mbit, lab.links["cellular"].rate_mbit
+        assert run.before_mbps < 1.2 * fixed, "cellular carried before the failure"
+        assert run.cell_mbps >= 0.85 * cellular, "cellular alone was slow"
+        assert run.recover_s is not None and run.recover_s <= 1.0, f"failover: {run.recover_s} s"
+        assert run.failback_s is not None and run.failback_s <= 2.0, f"failback: {run.failback_s} s"
+        log = lab.log("agent-cpe")[log_start:]
+        assert "standby link took over: congestion control restarted (BBR)" in log, log[-2000:]
+        assert lab.metrics("bgw").get(restarts, 0) >= before + 1, "the BGW did not restart its BBR"
+    finally:
+        for role in ("cpe", "bgw"):
+            lab.stop_agent(role)
+        for role in ("bgw", "cpe"):
+            lab.start_agent(role)
+        lab.wait_tunnel(30)
+
+
+def _flapping_transfer(tunnel: Lab) -> tuple[int, list[float]]:
+    """A 75 s download while the fixed link flaps 100 times (0.2 s down, alternately carrier and
+    blackhole); returns the flaps done and the receiver's rate in each second, Mbit/s."""
     flaps = 0
     stop = threading.Event()
 
@@ -70,7 +109,7 @@ def test_a_link_flapping_100_times_under_a_transfer(tunnel: Lab) -> None:
             flaps += 1
             time.sleep(0.3 if flaps % 10 else 2.0)  # now and then long enough to come back
 
-    start_flow(tunnel, "down", 75, tag="flap")
+    start_flow(tunnel, "down", 75, tag="flap", cc="cubic")  # the end hosts' CC of every benchmark
     th = threading.Thread(target=flap)
     try:
         time.sleep(3)
@@ -83,13 +122,28 @@ def test_a_link_flapping_100_times_under_a_transfer(tunnel: Lab) -> None:
         th.join()
         repair_link(tunnel, "carrier")
         tunnel.restore("fixed")
-    assert flaps == 100
     rates = [b * 8 / BIN_S / 1e6 for _, b in bins]
-    total_mb = sum(b for _, b in bins) / 1e6
-    print(f"{flaps} flaps, {total_mb:.0f} MB moved, {len(bins) * BIN_S:.0f} s")
-    # the transfer went on throughout: no second without data
-    per_s = [round(sum(rates[i : i + 10]) / 10, 2) for i in range(0, len(rates) - 10, 10)]
-    print("slowest seconds, Mbit/s:", sorted(per_s)[:5])
+    print(f"{flaps} flaps, {sum(b for _, b in bins) / 1e6:.0f} MB moved, {len(bins) * BIN_S:.0f} s")
+    return flaps, [round(sum(rates[i : i + 10]) / 10, 2) for i in range(0, len(rates) - 10, 10)]
+
+
+@pytest.mark.timeout(300)
+def test_a_link_flapping_100_times_under_a_transfer(tunnel: Lab) -> None:
+    tunnel.wait_tunnel(30)
+    pids = (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw"))
+    downs = 'mptcp_tunnel_link_changes_total{link="fixed",state="down"}'
+    subflows = 'mptcp_tunnel_subflows{cpe="cpe1"}'
+    changes_before = tunnel.metrics("cpe").get(downs, 0)
+    # The transfer goes on throughout: no second without data (the old bug stalled it for seconds).
+    # One retry: the inner flow's loss recovery leaves gaps of 0.2-0.5 s (zero bins, then a burst);
+    # with a BBR flow the lowest second read 0.25-2.69 Mbit/s in 7 runs on 27 Nov, once below 0.5.
+    for _attempt in (1, 2):
+        flaps, per_s = _flapping_transfer(tunnel)
+        print("slowest seconds, Mbit/s:", sorted(per_s)[:5])
+        if flaps == 100 and min(per_s) > 0.5:
+            break
+        tunnel.wait_tunnel(30)
+    assert flaps == 100
     assert min(per_s) > 0.5, f"a second without data; Mbit/s per second: {per_s}"
     assert (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw")) == pids, "an agent restarted"
     deadline = time.monotonic() + 15

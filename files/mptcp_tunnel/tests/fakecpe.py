@@ -53,6 +53,7 @@ def main() -> None:
     cfg_path, seconds, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     reconnect = "--reconnect" in sys.argv
     silent = "--silent" in sys.argv
+    path_change = encode_control(ControlType.PATH_CHANGE) if "--path-change" in sys.argv else b""
     offer = hs.Feature.QUIET_BGW if "--quiet" in sys.argv else hs.Feature.NONE
     own = ipaddress.ip_address(src)
     result: dict[str, float | int | bool] = {"sent": 0, "received": 0, "foreign": 0, "keepalives": 0}
@@ -81,7 +82,7 @@ def main() -> None:
         try:
             now = time.monotonic()
             if not silent:
-                sock.sendall(udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
+                sock.sendall(path_change + udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
                 result["sent"] += 1
                 last_sent = now
             elif now - up_at < SILENT_AFTER_S and now - last_sent >= 0.5:

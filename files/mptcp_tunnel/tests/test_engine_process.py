@@ -58,7 +58,13 @@ def echo_server(pair: Pair) -> subprocess.Popen[bytes]:
 
 
 def fake_cpe(
-    pair: Pair, cpe: str, seconds: float, reconnect: bool = False, silent: bool = False, quiet: bool = False
+    pair: Pair,
+    cpe: str,
+    seconds: float,
+    reconnect: bool = False,
+    silent: bool = False,
+    quiet: bool = False,
+    path_change: bool = False,
 ) -> subprocess.Popen[str]:
     argv = [sys.executable, FAKECPE, str(cpe_config(pair, cpe)), str(seconds), SOURCE[cpe]]
     if reconnect:
@@ -67,6 +73,8 @@ def fake_cpe(
         argv.append("--silent")
     if quiet:  # offer QUIET_BGW
         argv.append("--quiet")
+    if path_change:  # a PATH_CHANGE frame before every packet
+        argv.append("--path-change")
     return subprocess.Popen(["ip", "netns", "exec", pair.cpe, *argv], stdout=subprocess.PIPE, text=True)
 
 
@@ -227,6 +235,33 @@ def test_a_quiet_bgw_sends_no_keepalives_and_still_ends_a_silent_peer(pair: Pair
     assert r["closed"] and 2.9 <= r["closed_after_s"] <= 5.5, r
     m = pair.metrics(pair.bgw)
     assert m['mptcp_tunnel_sessions_ended_total{cpe="cpe1",reason="keepalive_timeout"}'] == 1
+    assert bgw.stop() == 0
+
+
+def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second(pair: Pair) -> None:
+    """A CPE whose traffic moved to a standby link sends PATH_CHANGE and the BGW restarts BBR on that
+    connection. A peer that sends it before every packet (hundreds per second) gets one restart a
+    second, keeps its session, and its neighbour notices nothing."""
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, congestion_control="bbr"))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        started = time.monotonic()
+        flood = fake_cpe(pair, "cpe1", 6, path_change=True)
+        neighbour = fake_cpe(pair, "cpe2", 6)
+        flooder, other = result(flood), result(neighbour)
+        elapsed = time.monotonic() - started
+    finally:
+        echo.kill()
+        echo.wait()
+    assert not flooder["closed"] and flooder["sent"] > 100, flooder
+    assert flooder["received"] > 0.9 * flooder["sent"], flooder
+    assert not other["closed"] and other["received"] > 0.9 * other["sent"], other
+    key = 'mptcp_tunnel_cc_restarts_total{cpe="cpe1"}'
+    wait_for(lambda: pair.metrics(pair.bgw).get(key, 0) >= 3, 5, "the restarts in the metrics")
+    restarts = pair.metrics(pair.bgw)[key]
+    assert restarts <= elapsed + 1, f"{restarts} restarts in {elapsed:.1f} s"
+    assert pair.metrics(pair.bgw).get('mptcp_tunnel_cc_restarts_total{cpe="cpe2"}', 0) == 0
     assert bgw.stop() == 0
 
 

@@ -351,6 +351,17 @@ class CpeAgent:
     def _on_link_event(self, ev: LinkEvent) -> None:
         """A link went down or came back: its endpoint goes out or back in, at once."""
         others = [lk.name for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
+        # Did only standby (backup) links survive? Asked before _apply changes the flags.
+        standby_takes_over = (
+            not ev.up
+            and bool(others)
+            and all(
+                netsetup.endpoint_flags(self.cfg, lk, self.overflowing, self.caps.spent)
+                & netsetup.FLAG_BACKUP
+                for lk in self.cpe.links
+                if lk.name in others
+            )
+        )
         metrics.LINK_UP.labels(ev.link).set(1 if ev.up else 0)
         metrics.LINK_CHANGES.labels(ev.link, "up" if ev.up else "down").inc()
         stamp = time.strftime("%H:%M:%S")
@@ -369,6 +380,18 @@ class CpeAgent:
         self._apply()
         if ev.up:
             self.missing_subflow.pop(ev.link, None)
+        elif standby_takes_over:
+            self._restart_congestion_control()
+
+    def _restart_congestion_control(self) -> None:
+        """An idle standby subflow now carries everything: spare it BBR's ProbeRTT (mptcp.restart_bbr),
+        here and, by a PATH_CHANGE frame, at the BGW."""
+        session = self.session
+        if session is None or session.ended:
+            return
+        restarted = session.path_changed(time.monotonic())
+        what = "congestion control restarted (BBR)" if restarted else "congestion control kept (not BBR)"
+        log.info("standby link took over: %s; BGW asked to do the same", what)
 
     def _on_carrier_back(self, link: Link) -> None:
         log.info("link %s: carrier back, probing before use", link.name)

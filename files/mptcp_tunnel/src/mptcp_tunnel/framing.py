@@ -28,6 +28,9 @@ LENGTH_PREFIX = 6
 
 class ControlType(enum.IntEnum):
     KEEPALIVE = 0x01
+    # The sender's traffic moved onto links that were standing by (a failover to a backup link): the
+    # receiver restarts its own congestion control too (mptcp.restart_bbr). Older peers skip it.
+    PATH_CHANGE = 0x02
 
 
 class FrameError(Exception):

@@ -104,6 +104,12 @@ STALE_GSO_DROPS = Counter(
     ["cpe"],
     registry=REGISTRY,
 )
+CC_RESTARTS = Counter(
+    "mptcp_tunnel_cc_restarts",
+    "Congestion control restarted on a session's subflows because a standby link took the traffic over",
+    ["cpe"],
+    registry=REGISTRY,
+)
 SESSIONS_ENDED = Counter(
     "mptcp_tunnel_sessions_ended", "Sessions ended, by reason", ["cpe", "reason"], registry=REGISTRY
 )
@@ -195,9 +201,8 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
     """Add a session's counter increments (engine.session STAT_NAMES order) to the registry."""
     if not deltas:
         return
-    (tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b, stale, adrops, amarks) = (
-        deltas
-    )
+    tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b = deltas[:12]
+    stale, adrops, amarks, cc = deltas[12:]
     if tx_p or tx_b:
         PACKETS.labels(cpe, "tx").inc(tx_p)
         BYTES.labels(cpe, "tx").inc(tx_b)
@@ -224,6 +229,8 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
         AQM_SIGNALS.labels(cpe, "drop").inc(adrops)
     if amarks:
         AQM_SIGNALS.labels(cpe, "mark").inc(amarks)
+    if cc:
+        CC_RESTARTS.labels(cpe).inc(cc)
 
 
 def serve(listen: tuple[str, int] | None) -> None:

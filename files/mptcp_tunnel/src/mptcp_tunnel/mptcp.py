@@ -62,6 +62,24 @@ def set_congestion_control(sock: socket.socket, name: str) -> None:
             raise OSError(exc.errno, f"congestion control {name!r}: {exc.strerror}") from None
 
 
+def restart_bbr(sock: socket.socket) -> bool:
+    """Start BBR afresh on every subflow of ``sock``; False (nothing done) under any other CC.
+
+    A standby subflow that takes over (the backup link after a failover) has carried nothing for
+    longer than BBR's 10 s min-RTT window, so BBR puts it into ProbeRTT (a window of 4 packets for
+    200 ms) on its first acknowledgements: measured 0.7 Mbit/s instead of 4.5 for those 0.2 s, which
+    delays the failover by as much. Re-initialising BBR stamps a fresh min RTT and starts it in
+    STARTUP. Setting the same CC again is a no-op in the kernel, hence the detour through reno
+    (always built in and allowed); the MPTCP socket applies both to each subflow.
+    """
+    name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0", 1)[0]
+    if name != b"bbr":
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name)
+    return True
+
+
 def mptcp_info(sock: socket.socket) -> MptcpInfo:
     """Connection-level info; raises MptcpFallback when the connection runs as plain TCP."""
     try:

@@ -42,6 +42,7 @@ from mptcp_tunnel.mptcp import (
     MptcpInfo,
     established,
     mptcp_info,
+    restart_bbr,
     subflow_infos,
     subflow_windows,
     unacked_bytes,
@@ -59,6 +60,7 @@ RECV_BUDGET = 2  # socket reads per readiness event: a busy session yields after
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 MAX_SUPER_PACKET = 65535
 GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
+CC_RESTART_EVERY_S = 1.0  # a peer's PATH_CHANGE frames restart our congestion control at most this often
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 _unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is reported once
@@ -80,7 +82,8 @@ _unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is re
     STALE_GSO_DROPS,
     AQM_DROPS,
     AQM_MARKS,
-) = range(15)
+    CC_RESTARTS,
+) = range(16)
 STAT_NAMES = (
     "tx_packets",
     "tx_bytes",
@@ -97,6 +100,7 @@ STAT_NAMES = (
     "stale_gso_drops",
     "aqm_drops",
     "aqm_marks",
+    "cc_restarts",
 )
 
 
@@ -180,6 +184,7 @@ class Session:
         self.peer_serial = tls.peer_serial() if tls is not None else None
         self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
+        self._cc_restarted_at = -CC_RESTART_EVERY_S
         self._bounded = tunnel.queue_bytes > 0
         # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
         aqm = tunnel.aqm if self._bounded else None
@@ -303,6 +308,38 @@ class Session:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
                 pass
+
+    def path_changed(self, now: float) -> bool:
+        """Our traffic moved onto links that stood by: restart our congestion control and tell the
+        peer (PATH_CHANGE), whose subflow on that link stood idle just as long. True if ours restarted."""
+        restarted = self.restart_congestion_control(now)
+        self.send_control(ControlType.PATH_CHANGE)
+        return restarted
+
+    def restart_congestion_control(self, now: float) -> bool:
+        """``mptcp.restart_bbr`` on this connection, at most once per CC_RESTART_EVERY_S."""
+        if self.ended or now - self._cc_restarted_at < CC_RESTART_EVERY_S:
+            return False
+        self._cc_restarted_at = now
+        try:
+            restarted = restart_bbr(self.sock)
+        except OSError as exc:
+            log.warning("%s: cannot restart the congestion control: %s", self.cpe_id, exc.strerror or exc)
+            return False
+        if restarted:
+            self.stats[CC_RESTARTS] += 1
+            self._dirty.add(self)
+        return restarted
+
+    def send_control(self, ctype: ControlType) -> None:
+        """A control frame into the stream, behind whatever the socket still owes."""
+        if self.ended:
+            return
+        frame = encode_control(ctype, vnet_hdr_len=self.stream_hdr)
+        if self._tx_tail and self.tls is None:
+            self._tx_tail += frame  # plaintext tail: the frame follows the packet it finishes
+        else:
+            self._send_segments([memoryview(frame)], [len(frame)], keepalive=True)
 
     def _read_acks(self, now: float) -> MptcpInfo | None:
         try:
@@ -712,6 +749,8 @@ class Session:
             packets = nbytes = 0
             for frame in frames:
                 if isinstance(frame, ControlFrame):
+                    if frame.type == ControlType.PATH_CHANGE:
+                        self.restart_congestion_control(self.last_rx)
                     continue  # keepalive: receiving it was the point
                 if filt is not None and not filt.allows(frame):
                     stats[SPOOFED] += 1
