@@ -33,6 +33,7 @@ CONTENDERS = (
     "mptcp-tunnel-offload-tls",
     "mptcp-tunnel-codel",
     "mptcp-tunnel-fq",
+    "mptcp-tunnel-fq-cubic",
     "mptcp-tunnel-fq-shaped",
     "hya-1:1",
     "hya-2:1",
@@ -47,7 +48,12 @@ OFFLOAD_OF = {
     "mptcp-tunnel-offload-tls": "on-tls",
 }
 # opt-in tunnel.aqm variants ("mptcp-tunnel" runs the default: the byte bound alone)
-AQM_OF = {"mptcp-tunnel-codel": "codel", "mptcp-tunnel-fq": "fq_codel"}
+# ("+cubic": the tunnel's subflows on cubic, whatever the lab host's default, which here is BBR)
+AQM_OF = {
+    "mptcp-tunnel-codel": "codel",
+    "mptcp-tunnel-fq": "fq_codel",
+    "mptcp-tunnel-fq-cubic": "fq_codel+cubic",
+}
 # fq_codel + the shaper (tunnel.shape_mbit) at this share of the links' rates; cubic subflows
 SHAPE_SHARE = 0.9
 
@@ -123,7 +129,10 @@ class Agents:
                 cfg["tunnel"]["encryption"] = "tls" if tls else "none"
             elif mode.startswith("mptcp-aqm-"):
                 cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {})["aqm"] = mode[len("mptcp-aqm-") :]
+                aqm, _, cc = mode[len("mptcp-aqm-") :].partition("+")
+                cfg.setdefault("tunnel", {})["aqm"] = aqm
+                if cc:
+                    cfg["tunnel"]["congestion_control"] = cc
             elif mode == "mptcp-shaped":
                 cfg = self.lab.agent_config(role)
                 cfg.setdefault("tunnel", {}).update(

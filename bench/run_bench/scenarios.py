@@ -44,6 +44,7 @@ LATENCY_CONTENDERS = (
     "mptcp-tunnel",
     "mptcp-tunnel-codel",
     "mptcp-tunnel-fq",
+    "mptcp-tunnel-fq-cubic",
     "mptcp-tunnel-fq-shaped",
 )
 
