@@ -350,18 +350,11 @@ class CpeAgent:
 
     def _on_link_event(self, ev: LinkEvent) -> None:
         """A link went down or came back: its endpoint goes out or back in, at once."""
-        others = [lk.name for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
+        survivors = [lk for lk in self.cpe.links if lk.name != ev.link and self.monitor.is_up(lk.name)]
+        others = [lk.name for lk in survivors]
         # Did only standby (backup) links survive? Asked before _apply changes the flags.
-        standby_takes_over = (
-            not ev.up
-            and bool(others)
-            and all(
-                netsetup.endpoint_flags(self.cfg, lk, self.overflowing, self.caps.spent)
-                & netsetup.FLAG_BACKUP
-                for lk in self.cpe.links
-                if lk.name in others
-            )
-        )
+        flags = [netsetup.endpoint_flags(self.cfg, lk, self.overflowing, self.caps.spent) for lk in survivors]
+        standby_takes_over = not ev.up and bool(flags) and all(f & netsetup.FLAG_BACKUP for f in flags)
         metrics.LINK_UP.labels(ev.link).set(1 if ev.up else 0)
         metrics.LINK_CHANGES.labels(ev.link, "up" if ev.up else "down").inc()
         stamp = time.strftime("%H:%M:%S")

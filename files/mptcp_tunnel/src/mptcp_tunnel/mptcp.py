@@ -62,6 +62,11 @@ def set_congestion_control(sock: socket.socket, name: str) -> None:
             raise OSError(exc.errno, f"congestion control {name!r}: {exc.strerror}") from None
 
 
+def congestion_control(sock: socket.socket) -> str:
+    """The connection's congestion control (the name ``set_congestion_control`` takes)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0", 1)[0].decode()
+
+
 def restart_bbr(sock: socket.socket) -> bool:
     """Start BBR afresh on every subflow of ``sock``; False (nothing done) under any other CC.
 
@@ -72,11 +77,10 @@ def restart_bbr(sock: socket.socket) -> bool:
     STARTUP. Setting the same CC again is a no-op in the kernel, hence the detour through reno
     (always built in and allowed); the MPTCP socket applies both to each subflow.
     """
-    name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0", 1)[0]
-    if name != b"bbr":
+    if congestion_control(sock) != "bbr":
         return False
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name)
+    set_congestion_control(sock, "reno")
+    set_congestion_control(sock, "bbr")
     return True
 
 

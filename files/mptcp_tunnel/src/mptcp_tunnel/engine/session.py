@@ -751,7 +751,7 @@ class Session:
                 if isinstance(frame, ControlFrame):
                     if frame.type == ControlType.PATH_CHANGE:
                         self.restart_congestion_control(self.last_rx)
-                    continue  # keepalive: receiving it was the point
+                    continue  # a keepalive's point was its arrival; unknown types are skipped
                 if filt is not None and not filt.allows(frame):
                     stats[SPOOFED] += 1
                     continue
