@@ -1,13 +1,22 @@
-"""mptcp.restart_bbr on a real MPTCP connection over loopback."""
+"""mptcp.restart_bbr and pin_send_buffer on a real MPTCP connection over loopback."""
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from mptcp_tunnel.mptcp import congestion_control, mptcp_socket, restart_bbr, set_congestion_control
+from mptcp_tunnel.mptcp import (
+    congestion_control,
+    mptcp_socket,
+    pin_send_buffer,
+    restart_bbr,
+    set_congestion_control,
+    wmem_max,
+)
 
 
 @pytest.fixture
@@ -41,3 +50,27 @@ def test_restart_bbr_leaves_other_congestion_controls_alone(connected: socket.so
     set_congestion_control(connected, "cubic")
     assert restart_bbr(connected) is False
     assert congestion_control(connected) == "cubic"
+
+
+def _subflow_send_buffers(sock: socket.socket) -> list[int]:
+    """The kernel's send buffer (``skmem`` tb) of each TCP subflow of ``sock``, from ``ss``."""
+    port = sock.getsockname()[1]
+    out = subprocess.run(
+        ["ss", "-tmnH", "state", "established", "sport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [int(m) for m in re.findall(r"skmem:\(\S*?tb(\d+)", out)]
+
+
+def test_pin_send_buffer_reaches_the_subflows(connected: socket.socket) -> None:
+    before = _subflow_send_buffers(connected)  # autotuned by the blocking sendall
+    assert before and (1 << 20) not in before
+    assert pin_send_buffer(connected, 1 << 20) == 1 << 20
+    assert _subflow_send_buffers(connected) == [1 << 20] * len(before)
+
+
+def test_wmem_max_is_this_namespaces_autotuning_ceiling() -> None:
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        assert wmem_max() == int(f.read().split()[2])

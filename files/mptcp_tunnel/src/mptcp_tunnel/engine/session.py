@@ -42,11 +42,13 @@ from mptcp_tunnel.mptcp import (
     MptcpInfo,
     established,
     mptcp_info,
+    pin_send_buffer,
     restart_bbr,
     subflow_infos,
     subflow_windows,
     unacked_bytes,
     unsent_bytes,
+    wmem_max,
 )
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tls import TlsChannel, TlsError
@@ -228,6 +230,8 @@ class Session:
                 if exc.errno not in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     raise
                 self._run_unbounded()
+        if self._gate is not None:  # the gate never lets the socket fill: no autotuning (mptcp.py)
+            pin_send_buffer(sock, wmem_max())
         set_offload(self.tun_fd, self.vnet)
         self.loop.register(self.sock_fd, IN, self._on_socket)
         self.loop.register(self.tun_fd, IN, self._on_tun)
