@@ -9,6 +9,7 @@ Usage: python router_bottleneck.py SESSIONS
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +24,12 @@ LINKS = (
     ("r1", "wan_fixed", "10.1.0.1", "fixed0", "10.1.0.2", 10),
     ("r2", "wan_cell", "10.2.0.1", "cell0", "10.2.0.2", 5),
 )
-TUNNEL = {"aqm": "fq_codel", "congestion_control": "cubic", "shape_mbit": 13.5}
+# the agents' tunnel settings (JSON in XC_TUNNEL; default: the shaper with cubic subflows)
+TUNNEL = json.loads(
+    os.environ.get(
+        "XC_TUNNEL", '{"aqm": "fq_codel", "congestion_control": "cubic", "shape_mbit": 13.5}'
+    )
+)
 lab = Lab()
 
 
@@ -87,6 +93,8 @@ try:
         lab.stop("ls")
     for session in range(SESSIONS):
         rule = "sum"
+        if session == 0:
+            print(f"tunnel settings: {TUNNEL}", flush=True)
         lab.start_agents(wait=True, timeout=40)
         for role in ("cpe", "bgw"):
             lab.stop_agent(role)
