@@ -1,88 +1,21 @@
-"""The shaper's upload (13.5 Mbit/s, cubic subflows, current code) as in ab_rule.py, printing the
-CPE's raw `ss -tmi` lines for the subflows 10 s into each upload: what limits each subflow
-(busy, rwnd_limited, sndbuf_limited, pacing rate, delivery rate, unacked, notsent).
+"""The shaper's upload (13.5 Mbit/s, cubic subflows, current code; each session: updown.py),
+printing the CPE's raw `ss -tmi` lines for the subflows 10 s into each upload: what limits each
+subflow (busy, rwnd_limited, sndbuf_limited, pacing rate, delivery rate, unacked, notsent).
 
 Usage: python ss_raw.py SESSIONS
 """
 
-import json
-import re
 import sys
-import threading
-import time
 
 from mtlab import Lab
-from mtlab.topology import address
+from updown import session
 
-SESSIONS = int(sys.argv[1])
 TUNNEL = {"aqm": "fq_codel", "congestion_control": "cubic", "shape_mbit": 13.5}
 lab = Lab()
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
-
-
 try:
     lab.up(agents=False)
     lab.agent_bin()
-    srv = address("server", "eth0")
-    for session in range(SESSIONS):
-        rule = "sum"
-        lab.start_agents(wait=True, timeout=40)
-        for role in ("cpe", "bgw"):
-            lab.stop_agent(role)
-        for role in ("bgw", "cpe"):
-            cfg = lab.agent_config(role)
-            cfg["tunnel"].update(TUNNEL)
-            lab.start_agent(role, cfg)
-        lab.wait_tunnel(30)
-        time.sleep(3)
-        idle = lab.exec("client", ["ping", "-n", "-q", "-i", "0.05", "-c", "40", srv], check=False)
-        idle_ms = float(re.search(r"= [\d.]+/([\d.]+)/", idle.stdout).group(1))
-        for rev in (True, False):
-            lab.popen("server", ["iperf3", "-s", "-1"], name="xs")
-            time.sleep(1)
-            argv = ["iperf3", "-c", srv, "-C", "cubic", "-t", "16", "-O", "4", "-J"]
-            argv += ["-R"] if rev else []
-            got = {}
-
-            def pinger(got=got):
-                time.sleep(6)
-                out = lab.exec(
-                    "client",
-                    ["ping", "-n", "-i", "0.05", "-c", "240", srv],
-                    check=False,
-                ).stdout
-                got["rtt"] = [float(x) for x in re.findall(r"time=([\d.]+)", out)]
-
-            def snap(got=got):
-                time.sleep(10)
-                got["ss"] = lab.exec(
-                    "cpe",
-                    ["ss", "-tmiH", "state", "established", "dport", "=", ":7440"],
-                    check=False,
-                ).stdout
-
-            threads = [threading.Thread(target=pinger)]
-            threads += [] if rev else [threading.Thread(target=snap)]
-            for th in threads:
-                th.start()
-            out = lab.exec("client", argv, check=False).stdout
-            for th in threads:
-                th.join()
-            bps = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
-            r = got["rtt"]
-            print(
-                f"{rule:5s} session {session} {'down' if rev else 'up  '}: {bps:6.2f} Mbit/s = "
-                f"{bps / 14.34:.3f} of 14.34; ping p50 {pct(r, 50):.1f} p99 {pct(r, 99):.1f} ms = "
-                f"{pct(r, 99) / idle_ms:.2f} x idle {idle_ms:.1f}"
-                + ("" if rev else "\n" + got["ss"]),
-                flush=True,
-            )
-            lab.stop("xs")
-        for role in ("cpe", "bgw"):
-            lab.stop_agent(role)
+    for n in range(int(sys.argv[1])):
+        session(lab, TUNNEL, f"sum   session {n}", raw_ss=True)
 finally:
     lab.down()
