@@ -52,6 +52,10 @@ class Lab:
     prefix: str = field(default_factory=lambda: os.environ.get("MT_LAB_PREFIX", "mt-"))
     links: dict[str, LinkParams] = field(default_factory=default_links)
     delay_mode: str = "nfqueue"  # or "netem" where the kernel has it (detected at up())
+    # each access link's rate limit in a router namespace (topology.LINK_ROUTERS), opt-in
+    link_routers: bool = field(
+        default_factory=lambda: os.environ.get("MT_LAB_LINK_ROUTERS", "") == "1"
+    )
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ names and state
@@ -60,23 +64,26 @@ class Lab:
         return STATE_ROOT / self.prefix
 
     def ns(self, role: str) -> str:
-        """Namespace name of ``role`` (client, cpe, bgw, server); a full name passes through."""
-        if role in topology.ROLES:
+        """Namespace name of ``role`` (client, cpe, bgw, server, or a link router); a full name
+        passes through."""
+        if role in topology.ALL_ROLES:
             return self.prefix + role
-        if role.startswith(self.prefix) and role[len(self.prefix) :] in topology.ROLES:
+        if role.startswith(self.prefix) and role[len(self.prefix) :] in topology.ALL_ROLES:
             return role
         raise LabError(f"unknown lab host {role!r} (have: {', '.join(topology.ROLES)})")
 
     @property
     def names(self) -> dict[str, str]:
-        return {role: self.ns(role) for role in topology.ROLES}
+        """Every namespace the lab may have (the link routers' too: ``down`` removes them)."""
+        return {role: self.ns(role) for role in topology.ALL_ROLES}
 
     def is_up(self) -> bool:
-        return all(topology.exists(n) for n in self.names.values())
+        return all(topology.exists(self.ns(role)) for role in topology.ROLES)
 
     def _save(self) -> None:
         data = {
             "delay_mode": self.delay_mode,
+            "link_routers": self.link_routers,
             "links": {k: asdict(v) for k, v in self.links.items()},
         }
         (self.state_dir / "links.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -87,6 +94,7 @@ class Lab:
         except (OSError, ValueError):
             return
         self.delay_mode = data["delay_mode"]
+        self.link_routers = bool(data.get("link_routers", False))
         self.links = {k: LinkParams(**v) for k, v in data["links"].items()}
 
     def __post_init__(self) -> None:
@@ -103,7 +111,7 @@ class Lab:
             p.trace = None  # down() stopped any trace player
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            topology.build(self.names)
+            topology.build(self.names, self.link_routers)
             self.delay_mode = (
                 "netem" if shaping.has_netem(self.ns("cpe"), "wan_fixed") else "nfqueue"
             )
@@ -292,6 +300,14 @@ class Lab:
         w = topology.wire(name)
         return w.a, w.b
 
+    def _rate_stages(self, name: str) -> list[tuple[str, str]]:
+        """Where the link's tbf runs, one per direction (cpe->bgw first): each end's egress, or the
+        link router's two sides."""
+        if self.link_routers:
+            router = self.ns(topology.LINK_ROUTERS[name])
+            return [(router, topology.ROUTER_BGW_IF), (router, topology.ROUTER_CPE_IF)]
+        return [(self.ns(end.role), end.ifname) for end in self._ends(name)]
+
     def _apply_loss(self, name: str) -> None:
         p = self._params(name)
         for end in self._ends(name):
@@ -299,15 +315,16 @@ class Lab:
 
     def _shape(self, name: str, initial: bool = False) -> None:
         p = self._params(name)
+        for ns, ifname in self._rate_stages(name):
+            if p.trace is None or initial:  # else the trace player owns the rate
+                shaping.set_rate(ns, ifname, p.rate_mbit, p.queue_ms)
+            if self.delay_mode == "netem":
+                shaping.set_netem_delay(ns, ifname, p.delay_ms)
         for end in self._ends(name):
             ns = self.ns(end.role)
-            if p.trace is None or initial:  # else the trace player owns the rate
-                shaping.set_rate(ns, end.ifname, p.rate_mbit, p.queue_ms)
             if initial:
                 shaping.nft_ensure_chain(ns, end.ifname)
-            if self.delay_mode == "netem":
-                shaping.set_netem_delay(ns, end.ifname, p.delay_ms)
-            else:
+            if self.delay_mode != "netem":
                 self._delayer(ns, end, name, p.delay_ms, initial)
         self._apply_loss(name)
 
@@ -379,8 +396,8 @@ class Lab:
             "--record",
             str(record),
         )
-        for end in self._ends(name):
-            argv += ["--end", f"{self.ns(end.role)}:{end.ifname}"]
+        for ns, ifname in self._rate_stages(name):
+            argv += ["--end", f"{ns}:{ifname}"]
         pname = f"trace-{name}"
         seen = self.log(pname).count("traceplayer: playing")
         self.popen("cpe", argv, pname)
@@ -399,8 +416,8 @@ class Lab:
         """Stop the link's trace player (if any) and put the static rate back on both ends."""
         p = self._params(name)
         self.stop(f"trace-{name}")
-        for end in self._ends(name):
-            shaping.set_rate(self.ns(end.role), end.ifname, p.rate_mbit, p.queue_ms)
+        for ns, ifname in self._rate_stages(name):
+            shaping.set_rate(ns, ifname, p.rate_mbit, p.queue_ms)
         if p.trace is not None:
             p.trace = None
             self._save()

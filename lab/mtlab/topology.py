@@ -52,6 +52,18 @@ WIRES = (
 )
 ACCESS_LINKS = ("fixed", "cellular")
 
+# Opt-in (``Lab(link_routers=True)``, ``MT_LAB_LINK_ROUTERS=1``): each access link runs through
+# a router namespace that holds the link's rate limit, as a modem or a DSLAM would. A tbf on the
+# sender's own interface is seen by TCP Small Queues, which keep the subflow's backlog in its
+# socket: no delay and no loss from the "link", so slow start overshoots and windows never correct
+# (README, "The shaper's bimodal uploads"). The router's ip_rcv drops the packet's socket reference
+# before its tbf. Transparent: the link's two ends keep their addresses; the router answers ARP for
+# each of them on the other side (proxy ARP) and forwards by host routes.
+LINK_ROUTERS = {"fixed": "lfixed", "cellular": "lcell"}  # access link -> router role
+ROUTER_CPE_IF, ROUTER_BGW_IF = "to_cpe", "to_bgw"  # the router's sides
+ROUTER_ADDRS = ("10.250.0.1/32", "10.250.0.2/32")  # its own (ARP needs a source), never routed
+ALL_ROLES = ROLES + tuple(LINK_ROUTERS.values())
+
 # (role, destination, gateway)
 ROUTES = (
     ("client", "0.0.0.0/0", "192.168.10.1"),
@@ -122,30 +134,21 @@ def netns_inode(ns: str) -> int | None:
         return None
 
 
-def build(names: dict[str, str]) -> None:
-    """Create namespaces, veths, addresses, routes and sysctls. ``names``: role -> netns."""
-    for role in ROLES:
+def build(names: dict[str, str], link_routers: bool = False) -> None:
+    """Create namespaces, veths, addresses, routes and sysctls. ``names``: role -> netns (the link
+    routers' too when ``link_routers``)."""
+    roles = ALL_ROLES if link_routers else ROLES
+    for role in roles:
         netns.create(names[role])
-    for role in ROLES:
+    for role in roles:
         with IPRoute(netns=names[role]) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         set_sysctls(names[role], SYSCTLS_ALL | (SYSCTLS_ROUTER if role in ROUTERS else {}))
     for w in WIRES:
-        with IPRoute(netns=names[w.a.role]) as ipr:
-            ipr.link(
-                "add",
-                ifname=w.a.ifname,
-                kind="veth",
-                peer={"ifname": w.b.ifname, "net_ns_fd": names[w.b.role]},
-            )
-        for end in (w.a, w.b):
-            with IPRoute(netns=names[end.role]) as ipr:
-                idx = ipr.link_lookup(ifname=end.ifname)[0]
-                ipr.link("set", index=idx, mtu=MTU)
-                for cidr in end.addrs:
-                    ip, plen = cidr.split("/")
-                    ipr.addr("add", index=idx, address=ip, prefixlen=int(plen), flags=IFA_F_NODAD)
-                ipr.link("set", index=idx, state="up")
+        if link_routers and w.name in LINK_ROUTERS:
+            _wire_via_router(names, w, LINK_ROUTERS[w.name])
+        else:
+            _veth(names, w.a, w.b)
     for role, dst, gw in ROUTES:
         with IPRoute(netns=names[role]) as ipr:
             family = 10 if ":" in dst else 2
@@ -155,6 +158,47 @@ def build(names: dict[str, str]) -> None:
 
 
 LAN_IFNAME = "lan0"
+
+
+def _veth(names: dict[str, str], a: End, b: End) -> None:
+    with IPRoute(netns=names[a.role]) as ipr:
+        ipr.link(
+            "add",
+            ifname=a.ifname,
+            kind="veth",
+            peer={"ifname": b.ifname, "net_ns_fd": names[b.role]},
+        )
+    for end in (a, b):
+        with IPRoute(netns=names[end.role]) as ipr:
+            idx = ipr.link_lookup(ifname=end.ifname)[0]
+            ipr.link("set", index=idx, mtu=MTU)
+            for cidr in end.addrs:
+                ip, plen = cidr.split("/")
+                ipr.addr("add", index=idx, address=ip, prefixlen=int(plen), flags=IFA_F_NODAD)
+            ipr.link("set", index=idx, state="up")
+
+
+def _wire_via_router(names: dict[str, str], w: Wire, router: str) -> None:
+    """``w.a`` - router - ``w.b``: the router forwards between the two ends by host routes and
+    answers ARP for each on the other side."""
+    _veth(names, w.a, End(router, ROUTER_CPE_IF, (ROUTER_ADDRS[0],)))
+    _veth(names, End(router, ROUTER_BGW_IF, (ROUTER_ADDRS[1],)), w.b)
+    ns = names[router]
+    sysctls = {"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0"}
+    for dev in (ROUTER_CPE_IF, ROUTER_BGW_IF):
+        sysctls |= {f"net/ipv4/conf/{dev}/proxy_arp": "1", f"net/ipv4/conf/{dev}/rp_filter": "0"}
+    set_sysctls(ns, sysctls)
+    a_ip, b_ip = (end.addrs[0].split("/")[0] for end in (w.a, w.b))
+    with IPRoute(netns=ns) as ipr:
+        to_a = ipr.link_lookup(ifname=ROUTER_CPE_IF)[0]
+        to_b = ipr.link_lookup(ifname=ROUTER_BGW_IF)[0]
+        ipr.route("add", dst=f"{a_ip}/32", oif=to_a)
+        ipr.route("add", dst=f"{b_ip}/32", oif=to_b)
+        # the CPE's subflows and probes may go to any BGW address through this link
+        ipr.route("add", dst="0.0.0.0/0", gateway=b_ip, oif=to_b, flags=RTNH_F_ONLINK)
+
+
+RTNH_F_ONLINK = 4
 
 
 def enable_gro(ns: str, ifname: str) -> None:
