@@ -74,8 +74,14 @@ class Lab:
 
     @property
     def names(self) -> dict[str, str]:
-        """Every namespace the lab may have (the link routers' too: ``down`` removes them)."""
-        return {role: self.ns(role) for role in topology.ALL_ROLES}
+        """The lab's namespaces: the four hosts, and the link routers when they are on."""
+        roles = topology.ALL_ROLES if self.link_routers else topology.ROLES
+        return {role: self.ns(role) for role in roles}
+
+    @property
+    def _every_name(self) -> list[str]:
+        """Every namespace this prefix may have left behind, link routers or not (``down``)."""
+        return [self.ns(role) for role in topology.ALL_ROLES]
 
     def is_up(self) -> bool:
         return all(topology.exists(self.ns(role)) for role in topology.ROLES)
@@ -127,7 +133,7 @@ class Lab:
     def down(self) -> None:
         """Stop every process in the lab's namespaces, remove the namespaces and the state."""
         pids: list[int] = []
-        for ns in self.names.values():
+        for ns in self._every_name:
             inode = topology.netns_inode(ns)
             if inode is not None:
                 pids += procs.pids_in_netns(inode)
@@ -137,14 +143,14 @@ class Lab:
                 pids.append(pid)
         _stop_all(pids)
         self._children.clear()
-        for ns in self.names.values():
+        for ns in self._every_name:
             topology.remove(ns)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """What of this lab still exists (namespaces, processes, state); empty when clean."""
-        left = [f"netns {ns}" for ns in self.names.values() if topology.exists(ns)]
-        for ns in self.names.values():
+        left = [f"netns {ns}" for ns in self._every_name if topology.exists(ns)]
+        for ns in self._every_name:
             inode = topology.netns_inode(ns)
             if inode is not None:
                 left += [f"pid {p} in {ns}" for p in procs.pids_in_netns(inode)]
