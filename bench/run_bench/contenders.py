@@ -48,10 +48,11 @@ OFFLOAD_OF = {
     "mptcp-tunnel-offload-tls": "on-tls",
 }
 # opt-in tunnel.aqm variants ("mptcp-tunnel" runs the default: the byte bound alone)
-# ("+cubic": the tunnel's subflows on cubic, whatever the lab host's default, which here is BBR)
+# ("+cc": the tunnel's subflows on that congestion control; else the lab's CPE and BGW default,
+# cubic, as on Debian)
 AQM_OF = {
     "mptcp-tunnel-codel": "codel",
-    "mptcp-tunnel-fq": "fq_codel",
+    "mptcp-tunnel-fq": "fq_codel+bbr",
     "mptcp-tunnel-fq-cubic": "fq_codel+cubic",
 }
 # fq_codel + the shaper (tunnel.shape_mbit) at this share of the links' rates; cubic subflows

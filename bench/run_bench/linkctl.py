@@ -149,13 +149,15 @@ def validate(lab: Lab, label: str) -> dict[str, Any]:
 
 
 def unshape(lab: Lab, name: str) -> None:
-    """Remove rate, delay and loss emulation from an access link (both ends)."""
-    for end in link_ends(name):
-        ns = lab.ns(end.role)
+    """Remove rate, delay and loss emulation from an access link (both ends, and its router: the
+    packets still cross the router's forwarding hop)."""
+    for ns, ifname in lab.rate_stages(name):
         with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname=end.ifname)[0]
+            idx = ipr.link_lookup(ifname=ifname)[0]
             with contextlib.suppress(NetlinkError):
                 ipr.tc("del", index=idx, handle="1:", parent=TC_ROOT)
+    for end in link_ends(name):
+        ns = lab.ns(end.role)
         for tool in ("iptables", "ip6tables"):
             subprocess.run(
                 ["ip", "netns", "exec", ns, tool, "-w", "-t", "mangle", "-D", "PREROUTING"]
@@ -170,12 +172,13 @@ def unshape(lab: Lab, name: str) -> None:
 def reshape(lab: Lab, name: str) -> None:
     """Put the emulation of ``unshape`` back (the delayer processes kept running)."""
     p = lab.links[name]
+    for ns, ifname in lab.rate_stages(name):
+        shaping.set_rate(ns, ifname, p.rate_mbit, p.queue_ms)
+        if lab.delay_mode == "netem":
+            shaping.set_netem_delay(ns, ifname, p.delay_ms)
     for end in link_ends(name):
         ns = lab.ns(end.role)
-        shaping.set_rate(ns, end.ifname, p.rate_mbit, p.queue_ms)
-        if lab.delay_mode == "netem":
-            shaping.set_netem_delay(ns, end.ifname, p.delay_ms)
-        else:
+        if lab.delay_mode != "netem":
             shaping.nfqueue_rule(ns, end.ifname, QUEUE_NUM[name])
         shaping.set_ingress_drop(ns, end.ifname, p.loss_pct, p.cut)
 

@@ -8,7 +8,7 @@ import sys
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .lab import Lab, LabError
+from .lab import Lab, LabError, default_link_routers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the lab (tearing down leftovers) and start the agents")
     up.add_argument("--no-agents", action="store_true", help="links only, no agents")
+    up.add_argument(
+        "--rate-on-ends",
+        action="store_true",
+        help="each link's rate limit on its ends' own interfaces instead of a link router"
+        " (the lab until 27 Nov; also MT_LAB_LINK_ROUTERS=0)",
+    )
     sub.add_parser("down", help="remove namespaces, processes and state")
     sub.add_parser("status", help="print the link parameters and leftovers as JSON")
     demo = sub.add_parser("demo", help="lab up, measure fixed/cellular/tunnel, lab down")
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.cmd == "up":
+            # a new lab: not the kind of the one it replaces (attaching loaded that one's state)
+            lab.link_routers = default_link_routers() and not args.rate_on_ends
             lab.up(agents=not args.no_agents)
             print(f"lab up: namespaces {', '.join(lab.names.values())}; state in {lab.state_dir}")
         elif args.cmd == "down":
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "up": lab.is_up(),
                         "delay_mode": lab.delay_mode,
+                        "link_routers": lab.link_routers,
                         "links": {k: vars(v) for k, v in lab.links.items()},
                         "leftovers": lab.leftovers(),
                     },

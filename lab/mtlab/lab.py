@@ -21,6 +21,10 @@ from . import procs, shaping, topology, trace
 REPO = Path(__file__).resolve().parents[2]
 LAB_DIR = REPO / "lab"
 EXAMPLES = REPO / "files" / "mptcp_tunnel" / "examples"
+# The agents' subflows run what a stock Debian CPE or BGW runs, whatever this machine's default is
+# (BBR here; a netns may not default to a congestion control outside the host's allowed list).
+# Behind the link routers BBR subflows carried 0.87-0.88 of the link sum in the lab suite.
+SUBFLOW_CC = "cubic"
 STATE_ROOT = Path("/run/mtlab")
 METRICS_PORT = 9477
 QUEUE_NUM = {"fixed": 1, "cellular": 2}
@@ -40,6 +44,11 @@ class LinkParams:
     trace: str | None = None  # rate trace being played (mtlab.trace spec), else the static rate
 
 
+def default_link_routers() -> bool:
+    """Link routers unless ``MT_LAB_LINK_ROUTERS=0``."""
+    return os.environ.get("MT_LAB_LINK_ROUTERS", "1") != "0"
+
+
 def default_links() -> dict[str, LinkParams]:
     return {
         "fixed": LinkParams(rate_mbit=10.0, delay_ms=25.0),
@@ -52,10 +61,9 @@ class Lab:
     prefix: str = field(default_factory=lambda: os.environ.get("MT_LAB_PREFIX", "mt-"))
     links: dict[str, LinkParams] = field(default_factory=default_links)
     delay_mode: str = "nfqueue"  # or "netem" where the kernel has it (detected at up())
-    # each access link's rate limit in a router namespace (topology.LINK_ROUTERS), opt-in
-    link_routers: bool = field(
-        default_factory=lambda: os.environ.get("MT_LAB_LINK_ROUTERS", "") == "1"
-    )
+    # each access link's rate limit in a router namespace (topology.LINK_ROUTERS); off
+    # (MT_LAB_LINK_ROUTERS=0) puts it on the ends' own interfaces, as the lab did until 27 Nov
+    link_routers: bool = field(default_factory=default_link_routers)
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ names and state
@@ -70,7 +78,7 @@ class Lab:
             return self.prefix + role
         if role.startswith(self.prefix) and role[len(self.prefix) :] in topology.ALL_ROLES:
             return role
-        raise LabError(f"unknown lab host {role!r} (have: {', '.join(topology.ROLES)})")
+        raise LabError(f"unknown lab host {role!r} (have: {', '.join(self.names)})")
 
     @property
     def names(self) -> dict[str, str]:
@@ -306,7 +314,7 @@ class Lab:
         w = topology.wire(name)
         return w.a, w.b
 
-    def _rate_stages(self, name: str) -> list[tuple[str, str]]:
+    def rate_stages(self, name: str) -> list[tuple[str, str]]:
         """Where the link's tbf runs, one per direction (cpe->bgw first): each end's egress, or the
         link router's two sides."""
         if self.link_routers:
@@ -321,7 +329,7 @@ class Lab:
 
     def _shape(self, name: str, initial: bool = False) -> None:
         p = self._params(name)
-        for ns, ifname in self._rate_stages(name):
+        for ns, ifname in self.rate_stages(name):
             if p.trace is None or initial:  # else the trace player owns the rate
                 shaping.set_rate(ns, ifname, p.rate_mbit, p.queue_ms)
             if self.delay_mode == "netem":
@@ -402,7 +410,7 @@ class Lab:
             "--record",
             str(record),
         )
-        for ns, ifname in self._rate_stages(name):
+        for ns, ifname in self.rate_stages(name):
             argv += ["--end", f"{ns}:{ifname}"]
         pname = f"trace-{name}"
         seen = self.log(pname).count("traceplayer: playing")
@@ -422,7 +430,7 @@ class Lab:
         """Stop the link's trace player (if any) and put the static rate back on both ends."""
         p = self._params(name)
         self.stop(f"trace-{name}")
-        for ns, ifname in self._rate_stages(name):
+        for ns, ifname in self.rate_stages(name):
             shaping.set_rate(ns, ifname, p.rate_mbit, p.queue_ms)
         if p.trace is not None:
             p.trace = None
@@ -466,11 +474,15 @@ class Lab:
         raise LabError("mptcp-tunnel not installed in the venv (run `make setup`)")
 
     def agent_config(self, role: str) -> dict[str, Any]:
-        """The agent config the lab uses: the example file (same values as the lab plan), with TLS
-        from the lab's own throw-away PKI (made once per lab in its state dir)."""
+        """The agent config the lab uses: the example file (same values as the lab plan), subflows
+        on ``SUBFLOW_CC`` unless it names one, with TLS from the lab's own throw-away PKI (made once
+        per lab in its state dir)."""
         with open(EXAMPLES / f"{role}.yaml") as fh:
             cfg: dict[str, Any] = yaml.safe_load(fh)
-        if cfg.get("tunnel", {}).get("encryption", "tls") == "tls":
+        tunnel = cfg.setdefault("tunnel", {})
+        if not tunnel.get("congestion_control"):  # the example's "" = the host's default
+            tunnel["congestion_control"] = SUBFLOW_CC
+        if tunnel.get("encryption", "tls") == "tls":
             stem = cfg["cpe"]["id"] if role == "cpe" else cfg["bgw"].get("name", "bgw1")
             cfg["tls"] = self.pki().tls_section(stem, crl=role == "bgw")
         return cfg

@@ -52,13 +52,14 @@ WIRES = (
 )
 ACCESS_LINKS = ("fixed", "cellular")
 
-# Opt-in (``Lab(link_routers=True)``, ``MT_LAB_LINK_ROUTERS=1``): each access link runs through
-# a router namespace that holds the link's rate limit, as a modem or a DSLAM would. A tbf on the
-# sender's own interface is seen by TCP Small Queues, which keep the subflow's backlog in its
-# socket: no delay and no loss from the "link", so slow start overshoots and windows never correct
-# (README, "The shaper's bimodal uploads"). The router's ip_rcv drops the packet's socket reference
-# before its tbf. Transparent: the link's two ends keep their addresses; the router answers ARP for
-# each of them on the other side (proxy ARP) and forwards by host routes.
+# Each access link runs through a router namespace that holds the link's rate limit, as a modem
+# or a DSLAM would (the default; ``Lab(link_routers=False)`` or ``MT_LAB_LINK_ROUTERS=0`` put the
+# tbf on the ends instead). A tbf on the sender's own interface is seen by TCP Small Queues, which
+# keep the subflow's backlog in its socket: no delay and no loss from the "link", so slow start
+# overshoots and windows never correct (README, "The shaper's bimodal uploads"). The router's
+# ip_rcv drops the packet's socket reference before its tbf. Transparent: the link's two ends keep
+# their addresses; the router answers ARP for each of them on the other side (proxy ARP) and
+# forwards by host routes.
 LINK_ROUTERS = {"fixed": "lfixed", "cellular": "lcell"}  # access link -> router role
 ROUTER_CPE_IF, ROUTER_BGW_IF = "to_cpe", "to_bgw"  # the router's sides
 ROUTER_ADDRS = ("10.250.0.1/32", "10.250.0.2/32")  # its own (ARP needs a source), never routed

@@ -1,9 +1,12 @@
-"""The opt-in link routers (``Lab(link_routers=True)``, ``MT_LAB_LINK_ROUTERS=1``): each access
-link's rate limit runs in a router namespace between the CPE and the BGW, where TCP Small Queues on
-the sender cannot see it. A lab of its own (another prefix) beside the session's lab, no agents."""
+"""Where the lab's links are limited. By default (``Lab(link_routers=True)``) each access link's
+rate limit runs in a router namespace between the CPE and the BGW, where TCP Small Queues on the
+sender cannot see it; ``Lab(link_routers=False)`` (``MT_LAB_LINK_ROUTERS=0``) keeps the older
+emulation, a tbf on each end's own interface. One lab of each kind (other prefixes) beside the
+session's lab, no agents."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -14,14 +17,16 @@ from mtlab.measure import iperf3, ping_rtts
 LINKS = {"fixed": ("10.1.0.1", "10.1.0.2"), "cellular": ("10.2.0.1", "10.2.0.2")}
 
 
-@pytest.fixture(scope="module")
-def routed(lab: Lab) -> Iterator[Lab]:
-    the_lab = Lab(prefix=lab.prefix.rstrip("-") + "r-", link_routers=True)
+@pytest.fixture(scope="module", params=[True, False], ids=["routers", "ends"])
+def emulated(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    routers: bool = request.param
+    prefix = lab.prefix.rstrip("-") + ("r-" if routers else "e-")
+    the_lab = Lab(prefix=prefix, link_routers=routers)
     try:
         the_lab.up(agents=False)
     except LabError as exc:
         the_lab.down()
-        pytest.fail(f"lab with link routers did not come up: {exc}", pytrace=False)
+        pytest.fail(f"lab (link_routers={routers}) did not come up: {exc}", pytrace=False)
     try:
         yield the_lab
     finally:
@@ -29,26 +34,47 @@ def routed(lab: Lab) -> Iterator[Lab]:
         assert not the_lab.leftovers(), the_lab.leftovers()
 
 
-@pytest.mark.parametrize("name", ["fixed", "cellular"])
-def test_the_rate_limit_is_in_the_router_not_on_the_ends(routed: Lab, name: str) -> None:
-    router = routed.ns(topology.LINK_ROUTERS[name])
-    before = shaping.tbf_state(router, topology.ROUTER_BGW_IF)["packets"]
-    local, remote = LINKS[name]
-    rate = routed.links[name].rate_mbit
-    got = iperf3(routed, "cpe", "bgw", remote, bind=local, seconds=5, omit=2)
-    assert 0.90 * rate <= got.mbps <= 1.0 * rate, f"{name}: {got.mbps:.2f} of {rate} Mbit/s"
-    assert shaping.tbf_state(router, topology.ROUTER_BGW_IF)["packets"] > before + 1000
-    for end in (topology.wire(name).a, topology.wire(name).b):
-        with pytest.raises(RuntimeError, match="no tbf"):
-            shaping.tbf_state(routed.ns(end.role), end.ifname)
+def test_the_session_lab_has_link_routers_unless_told_otherwise(lab: Lab) -> None:
+    """The default: every lab test and benchmark runs behind the routers."""
+    assert lab.link_routers is (os.environ.get("MT_LAB_LINK_ROUTERS", "1") != "0")
+    for name, role in topology.LINK_ROUTERS.items():
+        assert topology.exists(lab.ns(role)) is lab.link_routers, name
+        if lab.link_routers:
+            assert lab.rate_stages(name) == [
+                (lab.ns(role), topology.ROUTER_BGW_IF),
+                (lab.ns(role), topology.ROUTER_CPE_IF),
+            ]
 
 
 @pytest.mark.parametrize("name", ["fixed", "cellular"])
-def test_the_download_is_limited_too_and_the_delay_is_kept(routed: Lab, name: str) -> None:
+def test_the_upload_is_limited_where_the_lab_says(emulated: Lab, name: str) -> None:
+    upload_stage = emulated.rate_stages(name)[0]
+    before = shaping.tbf_state(*upload_stage)["packets"]
     local, remote = LINKS[name]
-    rate = routed.links[name].rate_mbit
-    got = iperf3(routed, "cpe", "bgw", remote, bind=local, seconds=5, omit=2, reverse=True)
+    rate = emulated.links[name].rate_mbit
+    got = iperf3(emulated, "cpe", "bgw", remote, bind=local, seconds=5, omit=2)
     assert 0.90 * rate <= got.mbps <= 1.0 * rate, f"{name}: {got.mbps:.2f} of {rate} Mbit/s"
-    want = 2 * routed.links[name].delay_ms
-    rtt = min(ping_rtts(routed, "cpe", remote, count=20), default=float("inf"))
-    assert abs(rtt - want) <= 1.5, f"{name}: lowest RTT {rtt} ms through the router"
+    assert shaping.tbf_state(*upload_stage)["packets"] > before + 1000
+    ends = [
+        (emulated.ns(end.role), end.ifname)
+        for end in (topology.wire(name).a, topology.wire(name).b)
+    ]
+    if emulated.link_routers:
+        for ns, ifname in ends:  # nothing on the ends: TSQ sees no queue
+            with pytest.raises(RuntimeError, match="no tbf"):
+                shaping.tbf_state(ns, ifname)
+    else:
+        assert emulated.rate_stages(name) == ends
+        for role in topology.LINK_ROUTERS.values():
+            assert not topology.exists(emulated.ns(role))
+
+
+@pytest.mark.parametrize("name", ["fixed", "cellular"])
+def test_the_download_is_limited_too_and_the_delay_is_kept(emulated: Lab, name: str) -> None:
+    local, remote = LINKS[name]
+    rate = emulated.links[name].rate_mbit
+    got = iperf3(emulated, "cpe", "bgw", remote, bind=local, seconds=5, omit=2, reverse=True)
+    assert 0.90 * rate <= got.mbps <= 1.0 * rate, f"{name}: {got.mbps:.2f} of {rate} Mbit/s"
+    want = 2 * emulated.links[name].delay_ms
+    rtt = min(ping_rtts(emulated, "cpe", remote, count=20), default=float("inf"))
+    assert abs(rtt - want) <= 1.5, f"{name}: lowest RTT {rtt} ms"

@@ -23,10 +23,7 @@ LAB_DIR = Path(__file__).resolve().parents[1]
 
 
 def _cellular_tbf(lab: Lab) -> list[dict[str, float]]:
-    return [
-        shaping.tbf_state(lab.ns(end.role), end.ifname)
-        for end in (topology.wire("cellular").a, topology.wire("cellular").b)
-    ]
+    return [shaping.tbf_state(ns, ifname) for ns, ifname in lab.rate_stages("cellular")]
 
 
 def _correlation(xs: list[float], ys: list[float]) -> float:
