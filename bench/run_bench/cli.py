@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cc", default="cubic", help="end hosts' TCP congestion control (iperf3 -C)")
     p.add_argument(
+        "--shape-share",
+        type=float,
+        default=None,
+        help="mptcp-tunnel-fq-shaped: the shaper's rate as a share of the links' rates (0.9)",
+    )
+    p.add_argument(
         "--trace",
         default=None,
         help="fig9_varying: the cellular rate trace (mtlab.trace spec: walk:... or file:PATH,...)",
@@ -95,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.make(args.quick, args.reps)
     settings.inner_cc = args.cc
+    if args.shape_share is not None:
+        if not 0.1 <= args.shape_share <= 1.0:
+            print("run_bench: --shape-share must be between 0.1 and 1.0", file=sys.stderr)
+            return 2
+        settings.shape_share = args.shape_share
     if args.seconds is not None:
         if args.seconds < 2:
             print("run_bench: --seconds must be >= 2", file=sys.stderr)
@@ -158,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         if lab_scenarios:
             try:
                 lab.up(agents=False)
-                agents = Agents(lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms)
+                agents = Agents(
+                    lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms, settings.shape_share
+                )
                 for scenario in lab_scenarios:
                     print(f"== {scenario}", flush=True)
                     try:

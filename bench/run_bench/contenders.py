@@ -107,8 +107,15 @@ def hya_config(lab: Lab, role: str, ratio: str, ooo_ms: float, inseq_ms: float) 
 class Agents:
     """Keeps the lab's agents in the mode the next contender needs (restarting only on change)."""
 
-    def __init__(self, lab: Lab, ooo_ms: float = 10.0, inseq_ms: float = 1.0) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        ooo_ms: float = 10.0,
+        inseq_ms: float = 1.0,
+        shape_share: float = SHAPE_SHARE,
+    ) -> None:
         self.lab = lab
+        self.shape_share = shape_share
         self.mode = "none"
         self.ooo_ms = ooo_ms
         self.inseq_ms = inseq_ms
@@ -137,7 +144,9 @@ class Agents:
             elif mode == "mptcp-shaped":
                 cfg = self.lab.agent_config(role)
                 cfg.setdefault("tunnel", {}).update(
-                    aqm="fq_codel", shape_mbit=shape_rate(self.lab), congestion_control="cubic"
+                    aqm="fq_codel",
+                    shape_mbit=shape_rate(self.lab, self.shape_share),
+                    congestion_control="cubic",
                 )
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
@@ -182,10 +191,10 @@ class Agents:
         self.lab.wait_tunnel(30)
 
 
-def shape_rate(lab: Lab) -> float:
+def shape_rate(lab: Lab, share: float = SHAPE_SHARE) -> float:
     """The shaped contender's rate: a share of the links' emulated rates, as an operator sets
     it from the rates it sells (CAKE's bandwidth)."""
-    return round(SHAPE_SHARE * sum(p.rate_mbit or 0.0 for p in lab.links.values()), 2)
+    return round(share * sum(p.rate_mbit or 0.0 for p in lab.links.values()), 2)
 
 
 def link_settings(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from run_bench.cap_bench import PHASES as CAP_PHASES
 from run_bench.cap_bench import cap
 from run_bench.contenders import (
     SERVER,
+    SHAPE_SHARE,
     Agents,
     bulk,
     congestion,
@@ -89,6 +90,7 @@ class Settings:
     fairness_victim_mbit: float = 10.0
     fairness_delay_ms: float = 25.0
     varying_trace: str = "walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000"  # fig9_varying
+    shape_share: float = SHAPE_SHARE  # mptcp-tunnel-fq-shaped: its share of the links' rates
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
