@@ -484,7 +484,10 @@ def datapath_ceiling(
     for name in ("fixed", "cellular"):
         linkctl.unshape(lab, name)
     res.links = {name: {"rate_mbit": None, "rtt_ms": None, "loss_pct": 0.0} for name in lab.links}
-    res.notes.append("no tbf, no delay, no loss on either access link (veth pairs only)")
+    res.notes.append(
+        "no tbf, no delay, no loss on either access link (veth pairs, and the link routers'"
+        " forwarding hop when the lab has them)"
+    )
     try:
         means = {}
         contenders = (
