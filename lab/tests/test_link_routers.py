@@ -6,12 +6,12 @@ session's lab, no agents."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from mtlab import Lab, LabError, shaping, topology
+from mtlab.lab import default_link_routers
 from mtlab.measure import iperf3, ping_rtts
 
 LINKS = {"fixed": ("10.1.0.1", "10.1.0.2"), "cellular": ("10.2.0.1", "10.2.0.2")}
@@ -36,7 +36,7 @@ def emulated(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 def test_the_session_lab_has_link_routers_unless_told_otherwise(lab: Lab) -> None:
     """The default: every lab test and benchmark runs behind the routers."""
-    assert lab.link_routers is (os.environ.get("MT_LAB_LINK_ROUTERS", "1") != "0")
+    assert lab.link_routers is default_link_routers()
     for name, role in topology.LINK_ROUTERS.items():
         assert topology.exists(lab.ns(role)) is lab.link_routers, name
         if lab.link_routers:
