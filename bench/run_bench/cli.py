@@ -46,7 +46,18 @@ def _parser() -> argparse.ArgumentParser:
         "--shape-share",
         type=float,
         default=None,
-        help="mptcp-tunnel-fq-shaped: the shaper's rate as a share of the links' rates (0.9)",
+        help="mptcp-tunnel-fq-shaped: the shaper's share of the links' rates (0.9)",
+    )
+    p.add_argument(
+        "--line-share",
+        type=float,
+        default=None,
+        help="mptcp-tunnel-fq-links: its cpe.shape_share, a share of the line (0.97)",
+    )
+    p.add_argument(
+        "--latency-fixed-cut",
+        action="store_true",
+        help="latency: blackhole the fixed link once the agents run (cellular alone carries it)",
     )
     p.add_argument(
         "--trace",
@@ -106,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             print("run_bench: --shape-share must be between 0.1 and 1.0", file=sys.stderr)
             return 2
         settings.shape_share = args.shape_share
+    if args.line_share is not None:
+        if not 0.5 <= args.line_share <= 1.0:
+            print("run_bench: --line-share must be between 0.5 and 1.0", file=sys.stderr)
+            return 2
+        settings.line_share = args.line_share
+    settings.latency_fixed_cut = args.latency_fixed_cut
     if args.seconds is not None:
         if args.seconds < 2:
             print("run_bench: --seconds must be >= 2", file=sys.stderr)
@@ -170,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 lab.up(agents=False)
                 agents = Agents(
-                    lab, settings.ooo_timeout_ms, settings.inseq_timeout_ms, settings.shape_share
+                    lab,
+                    settings.ooo_timeout_ms,
+                    settings.inseq_timeout_ms,
+                    settings.shape_share,
+                    settings.line_share,
                 )
                 for scenario in lab_scenarios:
                     print(f"== {scenario}", flush=True)

@@ -35,6 +35,7 @@ CONTENDERS = (
     "mptcp-tunnel-fq",
     "mptcp-tunnel-fq-cubic",
     "mptcp-tunnel-fq-shaped",
+    "mptcp-tunnel-fq-links",
     "hya-1:1",
     "hya-2:1",
     "raw-mptcp",
@@ -55,8 +56,12 @@ AQM_OF = {
     "mptcp-tunnel-fq": "fq_codel+bbr",
     "mptcp-tunnel-fq-cubic": "fq_codel+cubic",
 }
-# fq_codel + the shaper (tunnel.shape_mbit) at this share of the links' rates; cubic subflows
+# fq_codel + a shaper; cubic subflows. fq-shaped: a fixed stream rate on both agents
+# (tunnel.shape_mbit), this share of the links' rates
 SHAPE_SHARE = 0.9
+# fq-links: the CPE's cpe.shape_share, this share of the line of the links that carry traffic, the
+# BGW told by the CPE
+LINE_SHARE = 0.97
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ def path_of(contender: str) -> Path:
         return Path("client", "server", SERVER, None, f"mptcp-aqm-{AQM_OF[contender]}")
     if contender == "mptcp-tunnel-fq-shaped":
         return Path("client", "server", SERVER, None, "mptcp-shaped")
+    if contender == "mptcp-tunnel-fq-links":
+        return Path("client", "server", SERVER, None, "mptcp-links")
     if contender in OFFLOAD_OF:
         return Path("client", "server", SERVER, None, f"mptcp-offload-{OFFLOAD_OF[contender]}")
     if contender in ("hya-1:1", "hya-2:1"):
@@ -113,9 +120,11 @@ class Agents:
         ooo_ms: float = 10.0,
         inseq_ms: float = 1.0,
         shape_share: float = SHAPE_SHARE,
+        line_share: float = LINE_SHARE,
     ) -> None:
         self.lab = lab
         self.shape_share = shape_share
+        self.line_share = line_share
         self.mode = "none"
         self.ooo_ms = ooo_ms
         self.inseq_ms = inseq_ms
@@ -148,16 +157,23 @@ class Agents:
                     shape_mbit=shape_rate(self.lab, self.shape_share),
                     congestion_control="cubic",
                 )
+            elif mode == "mptcp-links":
+                cfg = self.lab.agent_config(role)
+                cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
+                if role == "cpe":
+                    cfg["cpe"]["shape_share"] = self.line_share
+                    for link in cfg["cpe"]["links"]:  # the rates the operator sells
+                        link["rate_mbit"] = self.lab.links[link["name"]].rate_mbit
             elif mode != "mptcp":
                 raise ValueError(f"unknown agent mode {mode!r}")
             self.lab.start_agent(role, cfg)
         self.lab.wait_tunnel(30)
         if mode.startswith("mptcp"):
-            self._wait_subflows()
+            self.wait_subflows()
         self.mode = mode
         time.sleep(0.5)
 
-    def _wait_subflows(self, timeout: float = 10.0) -> None:
+    def wait_subflows(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -28,7 +28,7 @@ def _start(lab: Lab, agents: Agents, policy: str) -> None:
     cfg = lab.agent_config("cpe")
     cfg["cpe"]["policy"] = policy
     agents.start_cpe_config(cfg, f"mptcp-policy-{policy}")
-    agents._wait_subflows()
+    agents.wait_subflows()
 
 
 def failover(

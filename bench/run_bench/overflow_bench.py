@@ -35,7 +35,7 @@ def overflow(
     cfg["cpe"]["policy"] = "overflow"
     cfg["cpe"]["links"][0]["rate_mbit"] = lab.links["fixed"].rate_mbit
     agents.start_cpe_config(cfg, "mptcp-policy-overflow")
-    agents._wait_subflows()
+    agents.wait_subflows()
     for demand in DEMANDS:
         # Start from "cellular out": wait for a leave after the previous (bulk) point.
         deadline = time.monotonic() + 30

@@ -15,6 +15,7 @@ from run_bench import linkctl
 from run_bench.cap_bench import PHASES as CAP_PHASES
 from run_bench.cap_bench import cap
 from run_bench.contenders import (
+    LINE_SHARE,
     SERVER,
     SHAPE_SHARE,
     Agents,
@@ -91,6 +92,8 @@ class Settings:
     fairness_delay_ms: float = 25.0
     varying_trace: str = "walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000"  # fig9_varying
     shape_share: float = SHAPE_SHARE  # mptcp-tunnel-fq-shaped: its share of the links' rates
+    line_share: float = LINE_SHARE  # mptcp-tunnel-fq-links: cpe.shape_share
+    latency_fixed_cut: bool = False  # latency on cellular alone: the fixed link blackholed
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
@@ -545,6 +548,7 @@ def datapath_ceiling(
 
 
 PING_INTERVAL_S = 0.05  # 20 pings/s in every latency figure
+FAILOVER_WAIT_S = 3.0  # --latency-fixed-cut: the agents find the blackhole within 1 s (issue 9)
 
 
 def latency(
@@ -568,38 +572,65 @@ def latency(
     res.notes.append(
         "fixed-only here = plain IPv4 routing client <-> server over the fixed link, no agents"
     )
-    link_sum = _link_sum(lab, agents, s)
-    res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
+    cut = s.latency_fixed_cut
+    if cut:  # the tunnel on cellular alone: its goodput alone is the reference
+        link_sum = bulk(lab, agents, "cellular-only", 8, omit=2, cc=s.inner_cc).mbps
+        res.notes.append(
+            "fixed link blackholed (mtlab cut) once the agents run, restored after each contender;"
+            f" reference = cellular-only goodput (8 s): {link_sum:.2f} (column to_link_sum)"
+        )
+    else:
+        link_sum = _link_sum(lab, agents, s)
+        res.notes.append(f"link sum (fixed-only + cellular-only goodput, 8 s each): {link_sum:.2f}")
     for contender in s.latency_contenders:
         direct = contender == "fixed-only"
+        if direct and cut:
+            warn("latency: fixed-only has no path with the fixed link cut; skipped")
+            continue
         if direct:
             agents.stop()
             linkctl.direct_routes(lab, add=True)
         try:
             if not direct:
                 agents.ensure(path_of(contender).agents)
-            idle = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=PING_INTERVAL_S)
-            idle_p50 = percentile(idle, 50)
-            res.add_point(
-                contender,
-                [],
-                condition="idle",
-                rtts_ms_count=len(idle),
-                p50_ms=idle_p50,
-                p99_ms=percentile(idle, 99),
-                min_ms=min(idle, default=None),
-            )
-            progress.step(f"latency {contender} idle: p50 {idle_p50} ms")
-            conditions = itertools.product(s.latency_flows, ("down", "up"), s.latency_ccs)
-            for flows, direction, cc in conditions:
-                _loaded_point(
-                    lab, res, s, progress, contender, flows, direction, cc, idle_p50, link_sum
-                )
-                save(res)
+            if cut:
+                lab.cut("fixed")
+                threading.Event().wait(FAILOVER_WAIT_S)
+            _latency_points(lab, res, s, progress, contender, link_sum, save)
         finally:
             if direct:
                 linkctl.direct_routes(lab, add=False)
+            if cut:
+                lab.restore("fixed")
+                agents.wait_subflows(20)
     return res
+
+
+def _latency_points(
+    lab: Lab,
+    res: ScenarioResult,
+    s: Settings,
+    progress: Progress,
+    contender: str,
+    link_sum: float,
+    save: Callable[[ScenarioResult], None],
+) -> None:
+    """The idle RTT, then every loaded condition against it."""
+    idle = ping_rtts(lab, "client", SERVER, count=s.latency_pings, interval=PING_INTERVAL_S)
+    idle_p50 = percentile(idle, 50)
+    res.add_point(
+        contender,
+        [],
+        condition="idle",
+        rtts_ms_count=len(idle),
+        p50_ms=idle_p50,
+        p99_ms=percentile(idle, 99),
+        min_ms=min(idle, default=None),
+    )
+    progress.step(f"latency {contender} idle: p50 {idle_p50} ms")
+    for flows, direction, cc in itertools.product(s.latency_flows, ("down", "up"), s.latency_ccs):
+        _loaded_point(lab, res, s, progress, contender, flows, direction, cc, idle_p50, link_sum)
+        save(res)
 
 
 def _loaded_point(

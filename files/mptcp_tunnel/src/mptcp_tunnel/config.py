@@ -97,7 +97,8 @@ class Link:
     address: IPAddress
     gateway: IPAddress | None
     table: int
-    rate_mbit: float = 0.0  # declared capacity (the overflow policy needs it on fixed links); 0 = unknown
+    rate_mbit: float = 0.0  # declared capacity, upstream (and down without rate_down_mbit); 0 = unknown
+    rate_down_mbit: float = 0.0  # declared downstream capacity; 0 = rate_mbit
     cap: CapSettings | None = None  # cellular links: data allowance per period
 
 
@@ -115,6 +116,7 @@ class CpeSettings:
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     overflow: OverflowSettings = field(default_factory=OverflowSettings)
     state_dir: str = DEFAULT_STATE_DIR  # where the cap usage survives restarts
+    shape_share: float = 0.0  # shape at this share of the carrying links' declared rates (0 = off)
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,7 @@ def _links(sec: _Section) -> tuple[Link, ...]:
             gateway=gateway,
             table=ls.integer("table", 0, 1, 2**31 - 1),
             rate_mbit=ls.number("rate_mbit", 0.0, 0.0, 1_000_000.0),
+            rate_down_mbit=ls.number("rate_down_mbit", 0.0, 0.0, 1_000_000.0),
             cap=_cap(ls.section("cap")) if ls.get("cap") is not None else None,
         )
         if link.cap is not None and link.kind != "cellular":
@@ -449,7 +452,22 @@ def _name(sec: _Section, key: str, required: bool) -> str:
     return value
 
 
-def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
+def _check_shape_share(sec: _Section, cpe: CpeSettings, tunnel: TunnelSettings) -> None:
+    if not cpe.shape_share:
+        return
+    key = sec.key("shape_share")
+    if cpe.shape_share < 0.5:
+        raise ConfigError(f"{key}: {cpe.shape_share:g} is below 0.5 (a share of the links' rates; 0 = off)")
+    if not tunnel.fq_codel:
+        raise ConfigError(f"{key}: needs tunnel.aqm fq_codel (its queue is the flow queues)")
+    if tunnel.shape_mbit:
+        raise ConfigError(f"{key}: tunnel.shape_mbit sets a fixed rate already; set one of the two")
+    for i, link in enumerate(cpe.links):
+        if not link.rate_mbit:
+            raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with shape_share")
+
+
+def _cpe(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> CpeSettings:
     cpe = CpeSettings(
         id=_cpe_id(sec),
         secret=_secret(sec, base_dir, required=not tls),
@@ -463,8 +481,10 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool) -> CpeSettings:
         failover=_failover(sec.section("failover")),
         overflow=_overflow(sec.section("overflow")),
         state_dir=_state_dir(sec),
+        shape_share=sec.number("shape_share", 0.0, 0.0, 1.0),
     )
     sec.finish()
+    _check_shape_share(sec, cpe, tunnel)
     if cpe.policy == "overflow":
         kinds = {link.kind for link in cpe.links}
         if kinds != {"fixed", "cellular"}:
@@ -605,7 +625,7 @@ def parse_config(raw: object, path: str) -> AgentConfig:
             control_socket=_control_socket(top, role),
             tunnel=tunnel,
             mptcp=_limits(top.section("mptcp")),
-            cpe=_cpe(top.section("cpe", required=True), base_dir, tls) if role == "cpe" else None,
+            cpe=_cpe(top.section("cpe", required=True), base_dir, tls, tunnel) if role == "cpe" else None,
             bgw=_bgw(top.section("bgw", required=True), base_dir, tls, tunnel) if role == "bgw" else None,
             tls=_tls(top.section("tls", required=True), base_dir) if tls else None,
             hya=_hya(top.section("hya")) if mode == "hya" else None,

@@ -13,7 +13,7 @@ import socket
 import time
 from typing import Any
 
-from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, status
+from mptcp_tunnel import exitcodes, metrics, netsetup, sdnotify, shaping, status
 from mptcp_tunnel import handshake as hs
 from mptcp_tunnel.backoff import Backoff
 from mptcp_tunnel.capio import CapTracker
@@ -21,6 +21,7 @@ from mptcp_tunnel.config import AgentConfig, ConfigError, CpeSettings, Link, loa
 from mptcp_tunnel.engine.loop import EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S, Rejected, client_handshake, client_tls
+from mptcp_tunnel.framing import ControlType
 from mptcp_tunnel.linkmetrics import SubflowMetrics
 from mptcp_tunnel.linkstate import LinkEvent, LinkMonitor
 from mptcp_tunnel.linkwatch import LinkWatch
@@ -42,6 +43,9 @@ log = logging.getLogger("mptcp_tunnel.cpe")
 
 CONNECT_TIMEOUT_S = 3.0
 RECONCILE_S = 5.0  # re-apply routing/endpoints (a link going down flushes its routes)
+# SHAPE_RATE goes out when the rates change and again at the next reconciles: a control frame the full
+# socket could not take is lost, and the BGW applies only changes.
+SHAPE_SENDS = 3
 
 
 class ConnectFailed(Exception):
@@ -71,6 +75,9 @@ class CpeAgent:
         self.tunnel_bytes = {"tx": 0, "rx": 0}
         self.overflow = self._overflow_policy(cfg)
         self.caps = CapTracker(cfg.cpe)
+        self.shaped: shaping.ShapeRates | None = None  # cpe.shape_share: the session's rates now
+        self.shape_sends = 0
+        self.overhead = {"up": shaping.Overhead(), "down": shaping.Overhead()}
         runtime.on_reload = self.reload
 
     @property
@@ -100,6 +107,40 @@ class CpeAgent:
             overflowing=self.overflowing,
             capped=self.caps.spent,
         )
+        self._reshape()
+
+    def _reshape(self) -> None:
+        """cpe.shape_share: shape at the share of the carrying links' rates, upstream here and
+        downstream at the BGW (SHAPE_RATE). Without it, a session that had it goes back to
+        tunnel.shape_mbit, and the BGW to its own setting."""
+        session = self.session
+        if session is None or session.ended:
+            return
+        share = self.cpe.shape_share
+        if not share:
+            if self.shaped is not None:
+                self.shaped = None
+                session.set_shape(self.cfg.tunnel.shape_mbit * 1e6)
+                session.send_control(ControlType.SHAPE_RATE, shaping.encode_rate(0))
+                log.info("shaper: cpe.shape_share off")
+            return
+        standby = self._backup()
+        links = shaping.carrying(self.cpe.links, self.monitor.is_up, lambda link: standby[link.name])
+        up, down = self.overhead["up"], self.overhead["down"]
+        rates = shaping.rates(links, share, up.factor, down.factor)
+        if rates is None:
+            return  # every link down: nothing flows, the last rates stand
+        if shaping.moved(self.shaped, rates):
+            self.shaped = rates
+            self.shape_sends = SHAPE_SENDS
+            session.set_shape(rates.up_bps)
+            metrics.SHAPE_RATE.labels("up").set(rates.up_bps)
+            metrics.SHAPE_RATE.labels("down").set(rates.down_bps)
+            factors = f"line/stream bytes up {up.factor:.3f}, down {down.factor:.3f}"
+            log.info("shaper: %s; %s", rates.describe(), factors)
+        if self.shape_sends and self.shaped is not None:
+            self.shape_sends -= 1
+            session.send_control(ControlType.SHAPE_RATE, shaping.encode_rate(self.shaped.down_bps))
 
     def _policy_tick(self) -> None:
         if self.overflow is None:
@@ -193,6 +234,10 @@ class CpeAgent:
             )
             session.start()
             self.session, self.session_via = session, link_name
+            self.shaped = None
+            for overhead in self.overhead.values():
+                overhead.restart()  # a new session's counters (the factors learned so far stay)
+            self._reshape()
             metrics.SESSION_UP.labels(self.cpe.id).set(1)
             metrics.SESSION_OFFLOAD.labels(self.cpe.id).set(1 if vnet else 0)
             if self.offer & hs.Feature.VNET_HDR and not vnet:
@@ -244,7 +289,9 @@ class CpeAgent:
         metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)  # established ones (housekeeping)
         self._flush_stats(session)
         with contextlib.suppress(OSError):
-            self.subflow_metrics.update(subflow_infos(session.sock), self._link_of(), self._backup())
+            infos = subflow_infos(session.sock)
+            self.subflow_metrics.update(infos, self._link_of(), self._backup())
+            self._learn_overhead(session, infos)
         self._policy_tick()
         self._cap_tick()
         self.rt.tick()
@@ -311,7 +358,32 @@ class CpeAgent:
             tunnel_bytes=dict(self.tunnel_bytes),
             policy_state=self._policy_state(),
             caps=[st.as_dict() for st in self.caps.statuses()],
+            shaper=self._shaper_state(),
         )
+
+    def _learn_overhead(self, session: Session, infos: list[SubflowInfo]) -> None:
+        """Once a tick: the subflows' bytes on the line against the tunnel's stream, each way."""
+        rates = self.shaped
+        if rates is None:
+            return
+        up = sum(shaping.line_bytes(sf.bytes_sent, sf.segs_out, ":" in sf.local) for sf in infos)
+        down = sum(shaping.line_bytes(sf.bytes_received, sf.segs_in, ":" in sf.local) for sf in infos)
+        busy = shaping.BUSY_SHARE * TICK_S / 8
+        self.overhead["up"].sample(up, session.written, busy * rates.up_bps)
+        self.overhead["down"].sample(down, session.received, busy * rates.down_bps)
+        self._reshape()
+
+    def _shaper_state(self) -> dict[str, Any]:
+        rates = self.shaped
+        if rates is None:
+            return {}
+        return {
+            "share": self.cpe.shape_share,
+            "links": list(rates.links),
+            "up_mbps": round(rates.up_bps / 1e6, 2),
+            "down_mbps": round(rates.down_bps / 1e6, 2),
+            "line_per_stream_byte": {d: round(o.factor, 3) for d, o in self.overhead.items()},
+        }
 
     def _policy_state(self) -> dict[str, Any]:
         if self.overflow is None:

@@ -51,11 +51,11 @@ class KernelGate:
 
     def __init__(self, shape_bps: float = 0.0, floor: int = GATE_FLOOR) -> None:
         self.floor = floor
-        self.shape = shape_bps / 8  # bytes/s; 0 = no shaper
-        self.burst = max(float(SHAPE_BURST_FLOOR), self.shape * SHAPE_BURST_S)
-        self.tokens = self.burst
+        self.shape = 0.0  # bytes/s; 0 = no shaper
+        self.burst = self.tokens = 0.0
         self._tokens_at = -1.0
         self._tokens_written = 0
+        self.set_shape(shape_bps)
         self.rate = 0.0  # bytes/s acknowledged, smoothed
         self.limit = floor
         self._at = -1.0
@@ -64,6 +64,17 @@ class KernelGate:
         self._rate_at = -1.0
         self._rate_acked = 0
         self.exact = True  # the last reading counted the subflows' unsent data (not SIOCOUTQ alone)
+
+    def set_shape(self, shape_bps: float) -> None:
+        """A new rate (bits/s; 0 = none) from now on. A shaper that starts has a full bucket; one that
+        changes keeps its tokens, up to the new burst."""
+        starts = not self.shape
+        self.shape = max(0.0, shape_bps) / 8
+        self.burst = max(float(SHAPE_BURST_FLOOR), self.shape * SHAPE_BURST_S)
+        if starts:
+            self.tokens, self._tokens_at = self.burst, -1.0
+        else:
+            self.tokens = min(self.tokens, self.burst)
 
     def stale(self, now: float) -> bool:
         return now - self._at >= MEASURE_EVERY_S

@@ -31,6 +31,9 @@ class ControlType(enum.IntEnum):
     # The sender's traffic moved onto links that were standing by (a failover to a backup link): the
     # receiver restarts its own congestion control too (mptcp.restart_bbr). Older peers skip it.
     PATH_CHANGE = 0x02
+    # The CPE's links changed: the rate its downstream should be shaped at (shaping.py). Older peers
+    # skip it.
+    SHAPE_RATE = 0x03
 
 
 class FrameError(Exception):

@@ -110,6 +110,18 @@ CC_RESTARTS = Counter(
     ["cpe"],
     registry=REGISTRY,
 )
+SHAPE_CHANGES = Counter(
+    "mptcp_tunnel_shape_changes",
+    "Shaper rate changes of a session (cpe.shape_share: the CPE's carrying links changed)",
+    ["cpe"],
+    registry=REGISTRY,
+)
+SHAPE_RATE = Gauge(
+    "mptcp_tunnel_shape_rate_bps",
+    "CPE with cpe.shape_share: the shaper's rate by direction (down: what the BGW was asked for)",
+    ["direction"],
+    registry=REGISTRY,
+)
 SESSIONS_ENDED = Counter(
     "mptcp_tunnel_sessions_ended", "Sessions ended, by reason", ["cpe", "reason"], registry=REGISTRY
 )
@@ -202,7 +214,7 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
     if not deltas:
         return
     tx_p, tx_b, rx_p, rx_b, batches, spoofed, qdrops, tun_err, rd, rd_b, wr, wr_b = deltas[:12]
-    stale, adrops, amarks, cc = deltas[12:]
+    stale, adrops, amarks, cc, shapes = deltas[12:]
     if tx_p or tx_b:
         PACKETS.labels(cpe, "tx").inc(tx_p)
         BYTES.labels(cpe, "tx").inc(tx_b)
@@ -231,6 +243,8 @@ def apply_session_stats(cpe: str, deltas: Sequence[int]) -> None:
         AQM_SIGNALS.labels(cpe, "mark").inc(amarks)
     if cc:
         CC_RESTARTS.labels(cpe).inc(cc)
+    if shapes:
+        SHAPE_CHANGES.labels(cpe).inc(shapes)
 
 
 def serve(listen: tuple[str, int] | None) -> None:

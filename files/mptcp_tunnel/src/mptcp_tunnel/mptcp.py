@@ -212,6 +212,8 @@ class SubflowInfo:
     unacked: int
     backoff: int
     last_ack_recv_ms: int = 0  # since the subflow last received an ACK (any, duplicates too)
+    segs_out: int = 0  # segments sent, pure ACKs and retransmissions too (tcpi_segs_out)
+    segs_in: int = 0
 
 
 def _subflow_request(sock: socket.socket, optname: int, entry: int) -> tuple[bytes, int, int]:
@@ -284,7 +286,7 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
         (rtt,) = struct.unpack_from("=I", t, 68)
         (cwnd,) = struct.unpack_from("=I", t, 80)
         (total_retrans,) = struct.unpack_from("=I", t, 100)
-        (received,) = struct.unpack_from("=Q", t, 128)
+        received, segs_out, segs_in = struct.unpack_from("=QII", t, 128)
         sent, retrans = struct.unpack_from("=QQ", t, 200)
         out.append(
             SubflowInfo(
@@ -300,6 +302,8 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
                 unacked=unacked,
                 backoff=backoff,
                 last_ack_recv_ms=last_ack_recv,
+                segs_out=segs_out,
+                segs_in=segs_in,
             )
         )
     return out

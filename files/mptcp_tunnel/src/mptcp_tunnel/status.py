@@ -30,6 +30,7 @@ def cpe_snapshot(
     tunnel_bytes: dict[str, int],
     policy_state: dict[str, Any] | None = None,
     caps: list[dict[str, Any]] | None = None,
+    shaper: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     by_address = {str(link.address): link.name for link in links}
     rows = []
@@ -58,6 +59,7 @@ def cpe_snapshot(
         ],
         "subflows": rows,
         "caps": caps or [],
+        "shaper": shaper or {},
     }
 
 
@@ -136,8 +138,14 @@ def render(snap: dict[str, Any]) -> str:
         f"CPE {snap['id']}  policy {snap['policy']}{overflow}  session "
         + (f"up via {s['via']}" if s["up"] else "down")
         + f"  tunnel tx {_bytes(s['bytes'].get('tx', 0))} rx {_bytes(s['bytes'].get('rx', 0))}",
-        "",
     ]
+    sh = snap.get("shaper") or {}
+    if sh:
+        lines.append(
+            f"shaper {sh['share']:g} of {' + '.join(sh['links'])}: up {sh['up_mbps']} Mbit/s,"
+            f" down {sh['down_mbps']} Mbit/s (at the BGW)"
+        )
+    lines.append("")
     link_rows = [
         [
             lk["name"],

@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from mptcp_tunnel import shaping
 from mptcp_tunnel.ackclock import AckClock
 from mptcp_tunnel.aqm import CoDel, SojournClock, mark_ce
 from mptcp_tunnel.batching import Batcher, after_short_send
@@ -85,7 +86,8 @@ _unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is re
     AQM_DROPS,
     AQM_MARKS,
     CC_RESTARTS,
-) = range(16)
+    SHAPE_CHANGES,
+) = range(17)
 STAT_NAMES = (
     "tx_packets",
     "tx_bytes",
@@ -103,6 +105,7 @@ STAT_NAMES = (
     "aqm_drops",
     "aqm_marks",
     "cc_restarts",
+    "shape_changes",
 )
 
 
@@ -199,8 +202,11 @@ class Session:
         )
         self._clock = SojournClock()
         self._written = 0  # bytes the socket took, all of them (fq_codel: the acknowledged rate)
+        self.received = 0  # bytes read from the socket (ciphertext with TLS): cpe.shape_share
         rate = tunnel.shape_mbit if shape_mbit is None else shape_mbit  # the BGW's per-CPE rate wins
-        self._gate = KernelGate(rate * 1e6) if self._fq is not None else None
+        self._configured_shape = rate * 1e6  # bits/s: the ceiling of what the peer may ask for
+        self._shape_refused = False  # a SHAPE_RATE without flow queues here was logged
+        self._gate = KernelGate(self._configured_shape) if self._fq is not None else None
         self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
         # The byte bound (aqm none) counts the subflows' unsent data too: the scheduler parks hundreds of
         # KB in them, and when one link slows down that data held the connection's send buffer full and
@@ -335,15 +341,49 @@ class Session:
             self._dirty.add(self)
         return restarted
 
-    def send_control(self, ctype: ControlType) -> None:
+    def send_control(self, ctype: ControlType, payload: bytes = b"") -> None:
         """A control frame into the stream, behind whatever the socket still owes."""
         if self.ended:
             return
-        frame = encode_control(ctype, vnet_hdr_len=self.stream_hdr)
+        frame = encode_control(ctype, payload, vnet_hdr_len=self.stream_hdr)
         if self._tx_tail and self.tls is None:
             self._tx_tail += frame  # plaintext tail: the frame follows the packet it finishes
         else:
             self._send_segments([memoryview(frame)], [len(frame)], keepalive=True)
+
+    @property
+    def written(self) -> int:
+        """Bytes the socket took (ciphertext with TLS): what the shaper meters."""
+        return self._written
+
+    @property
+    def shape_bps(self) -> float:
+        """The rate the shaper hands the kernel now (bits/s); 0 = none."""
+        return self._gate.shape * 8 if self._gate is not None else 0.0
+
+    def set_shape(self, bps: float) -> None:
+        """Shape at ``bps`` from now on (fq_codel only: without flow queues there is no shaper)."""
+        if self._gate is not None and bps != self.shape_bps:
+            self._gate.set_shape(bps)
+            self.stats[SHAPE_CHANGES] += 1
+            self._dirty.add(self)
+
+    def _peer_shape(self, payload: bytes) -> None:
+        """SHAPE_RATE: the peer's links changed (shaping.py). Its rate applies up to the configured one;
+        a malformed one is ignored (it could only slow the peer's own traffic)."""
+        asked = shaping.decode_rate(payload)
+        if asked is None:
+            log.warning("%s: malformed SHAPE_RATE frame (%d bytes) ignored", self.cpe_id, len(payload))
+            return
+        if self._gate is None:  # no flow queues here to hold what a shaper holds back
+            if not self._shape_refused:
+                self._shape_refused = True
+                log.warning("%s: SHAPE_RATE ignored: shaping needs tunnel.aqm fq_codel here", self.cpe_id)
+            return
+        rate = shaping.peer_rate(asked, self._configured_shape)
+        if rate != self.shape_bps:
+            self.set_shape(rate)
+            log.info("%s: shaping at %.2f Mbit/s (the peer's links changed)", self.cpe_id, rate / 1e6)
 
     def _read_acks(self, now: float) -> MptcpInfo | None:
         try:
@@ -698,9 +738,11 @@ class Session:
         tls = self.tls
         if tls is None:
             try:
-                return self.sock.recv_into(into)
+                n = self.sock.recv_into(into)
             except BlockingIOError:
                 return -1
+            self.received += n
+            return n
         # Ciphertext is never shorter than its plaintext: taking no more than ``into`` can hold keeps
         # every decrypted byte in ``into`` (nothing left inside the TLS object that epoll cannot see).
         room = len(into) - tls.incoming.pending
@@ -713,6 +755,7 @@ class Session:
             return -1
         if n == 0:
             return 0
+        self.received += n
         tls.feed(scratch[:n])
         got = tls.read_into(into)
         out = tls.take()  # post-handshake messages (e.g. a KeyUpdate's answer)
@@ -755,6 +798,8 @@ class Session:
                 if isinstance(frame, ControlFrame):
                     if frame.type == ControlType.PATH_CHANGE:
                         self.restart_congestion_control(self.last_rx)
+                    elif frame.type == ControlType.SHAPE_RATE:
+                        self._peer_shape(bytes(frame.payload))
                     continue  # a keepalive's point was its arrival; unknown types are skipped
                 if filt is not None and not filt.allows(frame):
                     stats[SPOOFED] += 1
