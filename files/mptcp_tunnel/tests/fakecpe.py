@@ -53,7 +53,14 @@ def main() -> None:
     cfg_path, seconds, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     reconnect = "--reconnect" in sys.argv
     silent = "--silent" in sys.argv
-    path_change = encode_control(ControlType.PATH_CHANGE) if "--path-change" in sys.argv else b""
+    before = b""  # control frames before every packet
+    if "--path-change" in sys.argv:
+        before = encode_control(ControlType.PATH_CHANGE)
+    if "--shape-flood" in sys.argv:  # two rates in turn and a malformed one (3 bytes)
+        before = b"".join(
+            encode_control(ControlType.SHAPE_RATE, payload)
+            for payload in (b"\x00\x00\x13\x88", b"\x00\x00\x17\x70", b"\x00\x00\x01")
+        )
     offer = hs.Feature.QUIET_BGW if "--quiet" in sys.argv else hs.Feature.NONE
     own = ipaddress.ip_address(src)
     result: dict[str, float | int | bool] = {"sent": 0, "received": 0, "foreign": 0, "keepalives": 0}
@@ -82,7 +89,7 @@ def main() -> None:
         try:
             now = time.monotonic()
             if not silent:
-                sock.sendall(path_change + udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
+                sock.sendall(before + udp_packet(src, ECHO[0], 40000, ECHO[1], b"x" * 32))
                 result["sent"] += 1
                 last_sent = now
             elif now - up_at < SILENT_AFTER_S and now - last_sent >= 0.5:

@@ -65,6 +65,7 @@ def fake_cpe(
     silent: bool = False,
     quiet: bool = False,
     path_change: bool = False,
+    shape_flood: bool = False,
 ) -> subprocess.Popen[str]:
     argv = [sys.executable, FAKECPE, str(cpe_config(pair, cpe)), str(seconds), SOURCE[cpe]]
     if reconnect:
@@ -75,6 +76,8 @@ def fake_cpe(
         argv.append("--quiet")
     if path_change:  # a PATH_CHANGE frame before every packet
         argv.append("--path-change")
+    if shape_flood:  # SHAPE_RATE frames (5 and 6 Mbit/s, and a malformed one) before every packet
+        argv.append("--shape-flood")
     return subprocess.Popen(["ip", "netns", "exec", pair.cpe, *argv], stdout=subprocess.PIPE, text=True)
 
 
@@ -262,6 +265,34 @@ def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second
     restarts = pair.metrics(pair.bgw)[key]
     assert restarts <= elapsed + 1, f"{restarts} restarts in {elapsed:.1f} s"
     assert pair.metrics(pair.bgw).get('mptcp_tunnel_cc_restarts_total{cpe="cpe2"}', 0) == 0
+    assert bgw.stop() == 0
+
+
+def test_a_shape_rate_flood_changes_only_the_flooders_rate_and_floods_no_log(pair: Pair) -> None:
+    """SHAPE_RATE frames before every packet (two rates in turn and a malformed one): the flooder's
+    shaper follows (every change counted), its session and its neighbour's go on, and the BGW logs a
+    burst of changes, then at most one a second, and the malformed frame once."""
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, aqm="fq_codel"))
+    bgw.wait_log("BGW listening")
+    echo = echo_server(pair)
+    try:
+        started = time.monotonic()
+        flood = fake_cpe(pair, "cpe1", 6, shape_flood=True)
+        neighbour = fake_cpe(pair, "cpe2", 6)
+        flooder, other = result(flood), result(neighbour)
+        elapsed = time.monotonic() - started
+    finally:
+        echo.kill()
+        echo.wait()
+    assert not flooder["closed"] and flooder["sent"] > 100, flooder
+    assert flooder["received"] > 0.9 * flooder["sent"], flooder
+    assert not other["closed"] and other["received"] > 0.9 * other["sent"], other
+    key = 'mptcp_tunnel_shape_changes_total{cpe="cpe1"}'
+    wait_for(lambda: pair.metrics(pair.bgw).get(key, 0) >= flooder["sent"], 5, "every change counted")
+    assert pair.metrics(pair.bgw).get('mptcp_tunnel_shape_changes_total{cpe="cpe2"}', 0) == 0
+    text = bgw.log.read_text()
+    assert 5 <= text.count("cpe1: shaping at") <= 5 + elapsed + 1, text[-2000:]
+    assert text.count("malformed SHAPE_RATE") == 1
     assert bgw.stop() == 0
 
 

@@ -64,6 +64,9 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 MAX_SUPER_PACKET = 65535
 GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
 CC_RESTART_EVERY_S = 1.0  # a peer's PATH_CHANGE frames restart our congestion control at most this often
+# A peer's SHAPE_RATE changes are logged in bursts of this many, then one a second (a flood is not;
+# the metric counts every change)
+SHAPE_LOG_BURST = 5
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 _unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is reported once
@@ -206,6 +209,8 @@ class Session:
         rate = tunnel.shape_mbit if shape_mbit is None else shape_mbit  # the BGW's per-CPE rate wins
         self._configured_shape = rate * 1e6  # bits/s: the ceiling of what the peer may ask for
         self._shape_refused = False  # a SHAPE_RATE without flow queues here was logged
+        self._shape_malformed = False  # a malformed SHAPE_RATE was logged (once per session)
+        self._shape_logs = (float(SHAPE_LOG_BURST), 0.0)  # log lines it may still write, and when
         self._gate = KernelGate(self._configured_shape) if self._fq is not None else None
         self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
         # The byte bound (aqm none) counts the subflows' unsent data too: the scheduler parks hundreds of
@@ -370,10 +375,13 @@ class Session:
 
     def _peer_shape(self, payload: bytes) -> None:
         """SHAPE_RATE: the peer's links changed (shaping.py). Its rate applies up to the configured one;
-        a malformed one is ignored (it could only slow the peer's own traffic)."""
+        a malformed one is ignored (it could only slow the peer's own traffic). Logged sparingly: a
+        peer may send them before every packet."""
         asked = shaping.decode_rate(payload)
         if asked is None:
-            log.warning("%s: malformed SHAPE_RATE frame (%d bytes) ignored", self.cpe_id, len(payload))
+            if not self._shape_malformed:
+                self._shape_malformed = True
+                log.warning("%s: malformed SHAPE_RATE frame (%d bytes) ignored", self.cpe_id, len(payload))
             return
         if self._gate is None:  # no flow queues here to hold what a shaper holds back
             if not self._shape_refused:
@@ -383,7 +391,13 @@ class Session:
         rate = shaping.peer_rate(asked, self._configured_shape)
         if rate != self.shape_bps:
             self.set_shape(rate)
-            log.info("%s: shaping at %.2f Mbit/s (the peer's links changed)", self.cpe_id, rate / 1e6)
+            now = time.monotonic()
+            tokens, at = self._shape_logs
+            tokens = min(float(SHAPE_LOG_BURST), tokens + (now - at))
+            if tokens >= 1:
+                tokens -= 1
+                log.info("%s: shaping at %.2f Mbit/s (the peer's links changed)", self.cpe_id, rate / 1e6)
+            self._shape_logs = (tokens, now)
 
     def _read_acks(self, now: float) -> MptcpInfo | None:
         try:
