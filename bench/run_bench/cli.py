@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         help="mptcp-tunnel-fq-links: its cpe.shape_share, a share of the line (0.97)",
     )
     p.add_argument(
+        "--failover-contender",
+        default=None,
+        help="failover: the tunnel contender whose agents it runs (default mptcp-tunnel)",
+    )
+    p.add_argument(
         "--latency-fixed-cut",
         action="store_true",
         help="latency: blackhole the fixed link once the agents run (cellular alone carries it)",
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mtlab import Lab, LabError
 
-    from run_bench.contenders import Agents
+    from run_bench.contenders import Agents, path_of
     from run_bench.scenarios import RUNNERS, STANDALONE_RUNNERS, Settings
 
     settings = Settings.make(args.quick, args.reps)
@@ -123,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         settings.line_share = args.line_share
     settings.latency_fixed_cut = args.latency_fixed_cut
+    if args.failover_contender is not None:
+        try:
+            tunnel = path_of(args.failover_contender).agents.startswith("mptcp")
+        except ValueError as exc:
+            print(f"run_bench: --failover-contender: {exc}", file=sys.stderr)
+            return 2
+        if not tunnel or args.failover_contender == "raw-mptcp":
+            print("run_bench: --failover-contender: not an mptcp-tunnel contender", file=sys.stderr)
+            return 2
+        settings.failover_contender = args.failover_contender
     if args.seconds is not None:
         if args.seconds < 2:
             print("run_bench: --seconds must be >= 2", file=sys.stderr)

@@ -136,42 +136,46 @@ class Agents:
             return
         self.stop()
         for role in ("bgw", "cpe"):
-            cfg = None
-            if mode.startswith("hya-"):
-                cfg = hya_config(self.lab, role, mode[4:], self.ooo_ms, self.inseq_ms)
-            elif mode.startswith("mptcp-offload-"):
-                cfg = self.lab.agent_config(role)
-                offload, *tls = mode[len("mptcp-offload-") :].split("-")
-                cfg.setdefault("tunnel", {})["offload"] = offload
-                cfg["tunnel"]["encryption"] = "tls" if tls else "none"
-            elif mode.startswith("mptcp-aqm-"):
-                cfg = self.lab.agent_config(role)
-                aqm, _, cc = mode[len("mptcp-aqm-") :].partition("+")
-                cfg.setdefault("tunnel", {})["aqm"] = aqm
-                if cc:
-                    cfg["tunnel"]["congestion_control"] = cc
-            elif mode == "mptcp-shaped":
-                cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {}).update(
-                    aqm="fq_codel",
-                    shape_mbit=shape_rate(self.lab, self.shape_share),
-                    congestion_control="cubic",
-                )
-            elif mode == "mptcp-links":
-                cfg = self.lab.agent_config(role)
-                cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
-                if role == "cpe":
-                    cfg["cpe"]["shape_share"] = self.line_share
-                    for link in cfg["cpe"]["links"]:  # the rates the operator sells
-                        link["rate_mbit"] = self.lab.links[link["name"]].rate_mbit
-            elif mode != "mptcp":
-                raise ValueError(f"unknown agent mode {mode!r}")
-            self.lab.start_agent(role, cfg)
+            self.lab.start_agent(role, self.config(role, mode))
         self.lab.wait_tunnel(30)
         if mode.startswith("mptcp"):
             self.wait_subflows()
         self.mode = mode
         time.sleep(0.5)
+
+    def config(self, role: str, mode: str) -> dict[str, Any] | None:
+        """The agent config of ``role`` for an agent ``mode`` (None: the lab's own)."""
+        cfg = None
+        if mode.startswith("hya-"):
+            cfg = hya_config(self.lab, role, mode[4:], self.ooo_ms, self.inseq_ms)
+        elif mode.startswith("mptcp-offload-"):
+            cfg = self.lab.agent_config(role)
+            offload, *tls = mode[len("mptcp-offload-") :].split("-")
+            cfg.setdefault("tunnel", {})["offload"] = offload
+            cfg["tunnel"]["encryption"] = "tls" if tls else "none"
+        elif mode.startswith("mptcp-aqm-"):
+            cfg = self.lab.agent_config(role)
+            aqm, _, cc = mode[len("mptcp-aqm-") :].partition("+")
+            cfg.setdefault("tunnel", {})["aqm"] = aqm
+            if cc:
+                cfg["tunnel"]["congestion_control"] = cc
+        elif mode == "mptcp-shaped":
+            cfg = self.lab.agent_config(role)
+            cfg.setdefault("tunnel", {}).update(
+                aqm="fq_codel",
+                shape_mbit=shape_rate(self.lab, self.shape_share),
+                congestion_control="cubic",
+            )
+        elif mode == "mptcp-links":
+            cfg = self.lab.agent_config(role)
+            cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
+            if role == "cpe":
+                cfg["cpe"]["shape_share"] = self.line_share
+                for link in cfg["cpe"]["links"]:  # the rates the operator sells
+                    link["rate_mbit"] = self.lab.links[link["name"]].rate_mbit
+        elif mode != "mptcp":
+            raise ValueError(f"unknown agent mode {mode!r}")
+        return cfg
 
     def wait_subflows(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -197,11 +201,13 @@ class Agents:
             self.lab.stop_agent(role)
         self.mode = "none"
 
-    def start_cpe_config(self, cfg: dict[str, Any], mode: str) -> None:
-        """The shipped BGW and a CPE with ``cfg``, tunnel up. ``mode`` names the setup; it is not
-        one ``ensure`` knows, so the next scenario restarts the agents."""
+    def start_cpe_config(
+        self, cfg: dict[str, Any], mode: str, bgw: dict[str, Any] | None = None
+    ) -> None:
+        """The BGW (``bgw``, else the shipped one) and a CPE with ``cfg``, tunnel up. ``mode`` names
+        the setup; it is not one ``ensure`` knows, so the next scenario restarts the agents."""
         self.stop()
-        self.lab.start_agent("bgw")
+        self.lab.start_agent("bgw", bgw)
         self.lab.start_agent("cpe", cfg)
         self.mode = mode
         self.lab.wait_tunnel(30)

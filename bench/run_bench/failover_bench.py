@@ -15,7 +15,7 @@ from collections.abc import Callable
 from mtlab import Lab, LabError
 from mtlab.failover import measure
 
-from run_bench.contenders import Agents, link_settings
+from run_bench.contenders import Agents, link_settings, path_of
 from run_bench.results import Progress, ScenarioResult, warn
 
 KINDS = ("cut", "carrier")
@@ -23,11 +23,13 @@ DIRECTIONS = ("down", "up")
 POLICIES = ("aggregate", "backup")
 
 
-def _start(lab: Lab, agents: Agents, policy: str) -> None:
-    """The shipped configuration with ``cpe.policy`` set (later scenarios get a restart)."""
-    cfg = lab.agent_config("cpe")
+def _start(lab: Lab, agents: Agents, policy: str, contender: str) -> None:
+    """The contender's configuration (the shipped one for mptcp-tunnel) with ``cpe.policy`` set
+    (later scenarios get a restart)."""
+    mode = path_of(contender).agents
+    cfg = agents.config("cpe", mode) or lab.agent_config("cpe")
     cfg["cpe"]["policy"] = policy
-    agents.start_cpe_config(cfg, f"mptcp-policy-{policy}")
+    agents.start_cpe_config(cfg, f"{mode}-policy-{policy}", agents.config("bgw", mode))
     agents.wait_subflows()
 
 
@@ -44,10 +46,13 @@ def failover(
     # The end hosts' congestion control, as every other scenario sets it (``--cc``, default cubic),
     # not the lab host's default (BBR here): the figures must say which end hosts they are for.
     cc: str = getattr(s, "inner_cc", "cubic")
-    res = ScenarioResult("failover", {"reps": reps, "bin_s": 0.1, "inner_cc": cc, **timing})
+    contender: str = getattr(s, "failover_contender", "mptcp-tunnel")
+    res = ScenarioResult(
+        "failover", {"reps": reps, "bin_s": 0.1, "inner_cc": cc, "contender": contender, **timing}
+    )
     res.links = link_settings(lab)
     for policy in POLICIES:
-        _start(lab, agents, policy)
+        _start(lab, agents, policy, contender)
         for kind in KINDS:
             for direction in DIRECTIONS:
                 runs = []
@@ -69,7 +74,7 @@ def failover(
                 rec = [r.recover_s for r in runs]
                 back = [r.failback_s for r in runs]
                 res.add_point(
-                    "mptcp-tunnel",
+                    contender,
                     [r.cell_mbps for r in runs],  # the cellular-only rate during the failure
                     kind=kind,
                     direction=direction,

@@ -94,6 +94,7 @@ class Settings:
     shape_share: float = SHAPE_SHARE  # mptcp-tunnel-fq-shaped: its share of the links' rates
     line_share: float = LINE_SHARE  # mptcp-tunnel-fq-links: cpe.shape_share
     latency_fixed_cut: bool = False  # latency on cellular alone: the fixed link blackholed
+    failover_contender: str = "mptcp-tunnel"  # failover: the agents' setup (a tunnel contender)
 
     @classmethod
     def make(cls, quick: bool, reps: int | None) -> Settings:
