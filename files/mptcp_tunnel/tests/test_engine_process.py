@@ -241,18 +241,17 @@ def test_a_quiet_bgw_sends_no_keepalives_and_still_ends_a_silent_peer(pair: Pair
     assert bgw.stop() == 0
 
 
-def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second(pair: Pair) -> None:
-    """A CPE whose traffic moved to a standby link sends PATH_CHANGE and the BGW restarts BBR on that
-    connection. A peer that sends it before every packet (hundreds per second) gets one restart a
-    second, keeps its session, and its neighbour notices nothing."""
-    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, congestion_control="bbr"))
+def flood_beside_a_neighbour(pair: Pair, bgw: Agent, **flood: bool) -> tuple[dict[str, Any], float]:
+    """cpe1 sends control frames before every echoed packet (``flood``: fake_cpe's options) for 6 s
+    while cpe2 only echoes; both keep their sessions and their echoes. Returns cpe1's result and the
+    seconds it took."""
     bgw.wait_log("BGW listening")
     echo = echo_server(pair)
     try:
         started = time.monotonic()
-        flood = fake_cpe(pair, "cpe1", 6, path_change=True)
+        flooding = fake_cpe(pair, "cpe1", 6, **flood)
         neighbour = fake_cpe(pair, "cpe2", 6)
-        flooder, other = result(flood), result(neighbour)
+        flooder, other = result(flooding), result(neighbour)
         elapsed = time.monotonic() - started
     finally:
         echo.kill()
@@ -260,6 +259,15 @@ def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second
     assert not flooder["closed"] and flooder["sent"] > 100, flooder
     assert flooder["received"] > 0.9 * flooder["sent"], flooder
     assert not other["closed"] and other["received"] > 0.9 * other["sent"], other
+    return flooder, elapsed
+
+
+def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second(pair: Pair) -> None:
+    """A CPE whose traffic moved to a standby link sends PATH_CHANGE and the BGW restarts BBR on that
+    connection. A peer that sends it before every packet (hundreds per second) gets one restart a
+    second, keeps its session, and its neighbour notices nothing."""
+    bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, congestion_control="bbr"))
+    flooder, elapsed = flood_beside_a_neighbour(pair, bgw, path_change=True)
     key = 'mptcp_tunnel_cc_restarts_total{cpe="cpe1"}'
     wait_for(lambda: pair.metrics(pair.bgw).get(key, 0) >= 3, 5, "the restarts in the metrics")
     restarts = pair.metrics(pair.bgw)[key]
@@ -273,20 +281,7 @@ def test_a_shape_rate_flood_changes_only_the_flooders_rate_and_floods_no_log(pai
     shaper follows (every change counted), its session and its neighbour's go on, and the BGW logs a
     burst of changes, then at most one a second, and the malformed frame once."""
     bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, aqm="fq_codel"))
-    bgw.wait_log("BGW listening")
-    echo = echo_server(pair)
-    try:
-        started = time.monotonic()
-        flood = fake_cpe(pair, "cpe1", 6, shape_flood=True)
-        neighbour = fake_cpe(pair, "cpe2", 6)
-        flooder, other = result(flood), result(neighbour)
-        elapsed = time.monotonic() - started
-    finally:
-        echo.kill()
-        echo.wait()
-    assert not flooder["closed"] and flooder["sent"] > 100, flooder
-    assert flooder["received"] > 0.9 * flooder["sent"], flooder
-    assert not other["closed"] and other["received"] > 0.9 * other["sent"], other
+    flooder, elapsed = flood_beside_a_neighbour(pair, bgw, shape_flood=True)
     key = 'mptcp_tunnel_shape_changes_total{cpe="cpe1"}'
     wait_for(lambda: pair.metrics(pair.bgw).get(key, 0) >= flooder["sent"], 5, "every change counted")
     assert pair.metrics(pair.bgw).get('mptcp_tunnel_shape_changes_total{cpe="cpe2"}', 0) == 0
