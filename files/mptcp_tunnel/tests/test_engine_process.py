@@ -278,8 +278,8 @@ def test_path_change_frames_restart_the_congestion_control_at_most_once_a_second
 
 def test_a_shape_rate_flood_changes_only_the_flooders_rate_and_floods_no_log(pair: Pair) -> None:
     """SHAPE_RATE frames before every packet (two rates in turn and a malformed one): the flooder's
-    shaper follows (every change counted), its session and its neighbour's go on, and the BGW logs a
-    burst of changes, then at most one a second, and the malformed frame once."""
+    shaper follows (every change counted), its session and its neighbour's go on, and the BGW logs at
+    most 5 changes every 5 s (loglimit.LogLimiter), and the malformed frame once."""
     bgw = pair.start("bgw", bgw_config(pair, ["cpe1", "cpe2"], workers=1, aqm="fq_codel"))
     flooder, elapsed = flood_beside_a_neighbour(pair, bgw, shape_flood=True)
     key = 'mptcp_tunnel_shape_changes_total{cpe="cpe1"}'

@@ -35,6 +35,7 @@ from mptcp_tunnel.config import AgentConfig, CpeEntry, load_for_reload, tunnel_t
 from mptcp_tunnel.engine import channel
 from mptcp_tunnel.engine.loop import IN, EventLoop
 from mptcp_tunnel.exchange import HANDSHAKE_TIMEOUT_S  # the BGW applies it to the whole exchange
+from mptcp_tunnel.loglimit import LogLimiter
 from mptcp_tunnel.mptcp import MptcpFallback, mptcp_info, mptcp_socket, set_congestion_control
 from mptcp_tunnel.runtime import Runtime
 from mptcp_tunnel.tun import TunError, add_routes, delete_group, delete_link, offload_supported, open_tun
@@ -115,26 +116,6 @@ def pending_budget(cpes: int) -> int:
     return max(MIN_PENDING_BUDGET, min(MAX_PENDING_BUDGET, budget, max(64, (fds - cpes - 256) // 2)))
 
 
-class LogLimiter:
-    """At most ``burst`` lines per ``period`` s per kind; the rest are counted and summarised, so a flood of
-    bad connections cannot flood the journal."""
-
-    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
-        self.burst, self.period = burst, period
-        self._window: dict[str, tuple[float, int]] = {}
-
-    def allow(self, kind: str) -> bool:
-        now = time.monotonic()
-        start, count = self._window.get(kind, (now, 0))
-        if now - start >= self.period:
-            if count > self.burst:
-                suppressed = count - self.burst
-                log.warning("%d more %s message(s) suppressed in %.0f s", suppressed, kind, self.period)
-            start, count = now, 0
-        self._window[kind] = (start, count + 1)
-        return count < self.burst
-
-
 @dataclass
 class WorkerHandle:
     index: int
@@ -163,7 +144,7 @@ class BgwAgent:
         self.budget = pending_budget(len(cfg.bgw.cpes))
         self.per_source: dict[str, int] = {}
         self.admitting: dict[tuple[str, int], tuple[str, int]] = {}  # (cpe, gen) -> (source, worker)
-        self.limiter = LogLimiter()
+        self.limiter = LogLimiter(logger=log)
         self.own_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
         # CPE id -> (when, rows): each active session's subflows as its worker last read them (status)
         self.subflow_views: dict[str, tuple[float, list[dict[str, Any]]]] = {}

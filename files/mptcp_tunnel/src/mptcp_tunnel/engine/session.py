@@ -38,6 +38,7 @@ from mptcp_tunnel.config import TunnelSettings
 from mptcp_tunnel.engine.loop import ERR, IN, OUT, EventLoop
 from mptcp_tunnel.fqcodel import FlowQueues, Item, KernelGate
 from mptcp_tunnel.framing import ControlFrame, ControlType, FrameError, encode_control, split_frames
+from mptcp_tunnel.loglimit import LogLimiter
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
     MptcpInfo,
@@ -64,9 +65,10 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 MAX_SUPER_PACKET = 65535
 GATE_POLL_S = 0.002  # fq_codel: how soon a session the gate stopped looks at the kernel again
 CC_RESTART_EVERY_S = 1.0  # a peer's PATH_CHANGE frames restart our congestion control at most this often
-# A peer's SHAPE_RATE changes are logged in bursts of this many, then one a second (a flood is not;
-# the metric counts every change)
+# A peer's SHAPE_RATE changes are logged at most this many per SHAPE_LOG_PERIOD_S (a flood is not; the
+# metric counts every change)
 SHAPE_LOG_BURST = 5
+SHAPE_LOG_PERIOD_S = 5.0
 RTT_AFTER_BYTES = 65536  # an idle session's RTT is not read (no syscalls for 10 000 idle CPEs)
 ZERO_VNET = bytes(VNET_HDR_LEN)
 _unbounded_warned = False  # the kernel without TCP_NOTSENT_LOWAT on MPTCP is reported once
@@ -210,7 +212,7 @@ class Session:
         self._configured_shape = rate * 1e6  # bits/s: the ceiling of what the peer may ask for
         self._shape_refused = False  # a SHAPE_RATE without flow queues here was logged
         self._shape_malformed = False  # a malformed SHAPE_RATE was logged (once per session)
-        self._shape_logs = (float(SHAPE_LOG_BURST), 0.0)  # log lines it may still write, and when
+        self._shape_log: LogLimiter | None = None  # made at the first change the peer asks for
         self._gate = KernelGate(self._configured_shape) if self._fq is not None else None
         self._gated = False  # fq_codel: the kernel holds enough; a timer resumes sending
         # The byte bound (aqm none) counts the subflows' unsent data too: the scheduler parks hundreds of
@@ -391,13 +393,10 @@ class Session:
         rate = shaping.peer_rate(asked, self._configured_shape)
         if rate != self.shape_bps:
             self.set_shape(rate)
-            now = time.monotonic()
-            tokens, at = self._shape_logs
-            tokens = min(float(SHAPE_LOG_BURST), tokens + (now - at))
-            if tokens >= 1:
-                tokens -= 1
+            if self._shape_log is None:
+                self._shape_log = LogLimiter(SHAPE_LOG_BURST, SHAPE_LOG_PERIOD_S, log)
+            if self._shape_log.allow(f"{self.cpe_id} SHAPE_RATE"):
                 log.info("%s: shaping at %.2f Mbit/s (the peer's links changed)", self.cpe_id, rate / 1e6)
-            self._shape_logs = (tokens, now)
 
     def _read_acks(self, now: float) -> MptcpInfo | None:
         try:
