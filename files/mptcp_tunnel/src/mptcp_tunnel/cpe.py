@@ -43,8 +43,9 @@ log = logging.getLogger("mptcp_tunnel.cpe")
 
 CONNECT_TIMEOUT_S = 3.0
 RECONCILE_S = 5.0  # re-apply routing/endpoints (a link going down flushes its routes)
-# SHAPE_RATE goes out when the rates change and again at the next reconciles: a control frame the full
-# socket could not take is lost, and the BGW applies only changes.
+# SHAPE_RATE goes out when the rates change and again at the next two ticks (_learn_overhead calls
+# _reshape each tick): a control frame the full socket could not take is lost, and the BGW applies
+# only changes.
 SHAPE_SENDS = 3
 
 

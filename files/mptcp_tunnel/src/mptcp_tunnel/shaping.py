@@ -12,7 +12,6 @@ outer ACKs of their inner ACKs: with a fixed share of the stream rate that left 
 the link's buffer, lab 28 Nov). ``Overhead`` learns, in each direction, the line's bytes per stream
 byte from the subflows' counters (payload plus ``SEGMENT_BYTES`` per segment, ACKs included) while
 the shaper is busy, and the stream rate is the line's share divided by it.
-
 """
 
 from __future__ import annotations
