@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help="mptcp-tunnel-fq-links: its cpe.shape_share, a share of the line (0.97)",
     )
     p.add_argument(
+        "--aqm-target-ms",
+        type=float,
+        default=None,
+        help="fq_codel contenders (fq, fq-cubic, fq-shaped, fq-links): tunnel.aqm_target_ms (5)",
+    )
+    p.add_argument(
         "--failover-contender",
         default=None,
         help="failover: the tunnel contender whose agents it runs (default mptcp-tunnel)",
@@ -127,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             print("run_bench: --line-share must be between 0.5 and 1.0", file=sys.stderr)
             return 2
         settings.line_share = args.line_share
+    if args.aqm_target_ms is not None:
+        if not 0.5 <= args.aqm_target_ms <= 50.0:
+            print("run_bench: --aqm-target-ms must be between 0.5 and 50", file=sys.stderr)
+            return 2
+        settings.aqm_target_ms = args.aqm_target_ms
     settings.latency_fixed_cut = args.latency_fixed_cut
     if args.failover_contender is not None:
         try:
@@ -207,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     settings.inseq_timeout_ms,
                     settings.shape_share,
                     settings.line_share,
+                    settings.aqm_target_ms,
                 )
                 for scenario in lab_scenarios:
                     print(f"== {scenario}", flush=True)

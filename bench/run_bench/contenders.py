@@ -121,8 +121,10 @@ class Agents:
         inseq_ms: float = 1.0,
         shape_share: float = SHAPE_SHARE,
         line_share: float = LINE_SHARE,
+        aqm_target_ms: float | None = None,
     ) -> None:
         self.lab = lab
+        self.aqm_target_ms = aqm_target_ms
         self.shape_share = shape_share
         self.line_share = line_share
         self.mode = "none"
@@ -175,6 +177,8 @@ class Agents:
                     link["rate_mbit"] = self.lab.links[link["name"]].rate_mbit
         elif mode != "mptcp":
             raise ValueError(f"unknown agent mode {mode!r}")
+        if cfg is not None and self.aqm_target_ms is not None and cfg.get("tunnel", {}).get("aqm"):
+            cfg["tunnel"]["aqm_target_ms"] = self.aqm_target_ms
         return cfg
 
     def wait_subflows(self, timeout: float = 10.0) -> None:

@@ -93,6 +93,7 @@ class Settings:
     varying_trace: str = "walk:seed=1,mean=5,min=2,max=10,step_ms=100-1000"  # fig9_varying
     shape_share: float = SHAPE_SHARE  # mptcp-tunnel-fq-shaped: its share of the links' rates
     line_share: float = LINE_SHARE  # mptcp-tunnel-fq-links: cpe.shape_share
+    aqm_target_ms: float | None = None  # the fq_codel contenders' tunnel.aqm_target_ms (None: 5)
     latency_fixed_cut: bool = False  # latency on cellular alone: the fixed link blackholed
     failover_contender: str = "mptcp-tunnel"  # failover: the agents' setup (a tunnel contender)
 

@@ -214,6 +214,7 @@ class SubflowInfo:
     last_ack_recv_ms: int = 0  # since the subflow last received an ACK (any, duplicates too)
     segs_out: int = 0  # segments sent, pure ACKs and retransmissions too (tcpi_segs_out)
     segs_in: int = 0
+    mss: int = 0  # tcpi_snd_mss
 
 
 def _subflow_request(sock: socket.socket, optname: int, entry: int) -> tuple[bytes, int, int]:
@@ -261,6 +262,14 @@ def subflow_windows(sock: socket.socket) -> list[SubflowWindow]:
     return out
 
 
+def send_mss(sock: socket.socket) -> int:
+    """The connection's MSS (TCP_MAXSEG: its first subflow's); 0 where the kernel does not say."""
+    try:
+        return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+    except OSError:
+        return 0
+
+
 def established(infos: list[SubflowInfo]) -> int:
     """Subflows that carry data. MPTCP_INFO's own count is the path manager's plus one, wrong once the
     initial subflow was closed (the kernel keeps it listed in state close)."""
@@ -281,6 +290,7 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
         a = base + i * a_size
         t = infos[base + i * i_size : base + (i + 1) * i_size].ljust(_TCP_INFO_SIZE, b"\0")
         state, _ca, _retr, _probes, backoff = struct.unpack_from("=BBBBB", t, 0)
+        (mss,) = struct.unpack_from("=I", t, 16)
         (unacked,) = struct.unpack_from("=I", t, 24)
         (last_ack_recv,) = struct.unpack_from("=I", t, 56)
         (rtt,) = struct.unpack_from("=I", t, 68)
@@ -304,6 +314,7 @@ def subflow_infos(sock: socket.socket) -> list[SubflowInfo]:
                 last_ack_recv_ms=last_ack_recv,
                 segs_out=segs_out,
                 segs_in=segs_in,
+                mss=mss,
             )
         )
     return out

@@ -46,12 +46,14 @@ from mptcp_tunnel.mptcp import (
     mptcp_info,
     pin_send_buffer,
     restart_bbr,
+    send_mss,
     subflow_infos,
     subflow_windows,
     unacked_bytes,
     unsent_bytes,
     wmem_max,
 )
+from mptcp_tunnel.segfill import HOLD_S, SegmentFill
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.tls import TlsChannel, TlsError
 from mptcp_tunnel.tun import VNET_F_NEEDS_CSUM, VNET_HDR_LEN, set_offload
@@ -112,6 +114,29 @@ STAT_NAMES = (
     "cc_restarts",
     "shape_changes",
 )
+
+
+def _prefix(parts: list[memoryview], nbytes: int) -> list[memoryview]:
+    """The first ``nbytes`` of ``parts``."""
+    out: list[memoryview] = []
+    for p in parts:
+        if nbytes <= 0:
+            break
+        out.append(p if len(p) <= nbytes else p[:nbytes])
+        nbytes -= len(p)
+    return out
+
+
+def _suffix(parts: list[memoryview], nbytes: int) -> list[memoryview]:
+    """The last ``nbytes`` of ``parts``."""
+    out: list[memoryview] = []
+    for p in reversed(parts):
+        if nbytes <= 0:
+            break
+        out.append(p if len(p) <= nbytes else p[len(p) - nbytes :])
+        nbytes -= len(p)
+    out.reverse()
+    return out
 
 
 def _fitting(lengths: list[int], room: int) -> int:
@@ -194,6 +219,12 @@ class Session:
         self.peer_serial = tls.peer_serial() if tls is not None else None
         self._rx_tail = rx_tail  # plaintext that arrived with the handshake's last message
         self._tx_tail = b""
+        # Less than one segment of the stream, held to lead the next write (segfill.py): the socket has
+        # taken it as far as the session is concerned, so it always goes before anything else.
+        self._held = b""
+        self._held_at = 0.0
+        self._hold_timer = False
+        self._fill = SegmentFill(send_mss(sock))
         self._cc_restarted_at = -CC_RESTART_EVERY_S
         self._bounded = tunnel.queue_bytes > 0
         # CoDel on the time data waits in the send queues; the byte bound stays as the hard limit
@@ -317,7 +348,11 @@ class Session:
             try:
                 if info is None:
                     mptcp_info(self.sock)  # raises on fallback
-                subflows = established(subflow_infos(self.sock))
+                infos = subflow_infos(self.sock)
+                subflows = established(infos)
+                mss = [sf.mss for sf in infos if sf.state == "established" and sf.mss]
+                if mss:
+                    self._fill.set_mss(min(mss))
                 if subflows != self.subflows:
                     self.subflows = subflows
                     self._dirty.add(self)
@@ -661,15 +696,67 @@ class Session:
         """The record layer's send side. Returns bytes taken, -1 if the session ended."""
         if self.tls is not None:
             return self._send_tls(segments)
+        return self._write(segments)
+
+    def _write(self, parts: list[memoryview]) -> int:
+        """The socket's only writer: ``parts`` behind the held bytes, cut at a segment boundary while the
+        stream is busy (``SegmentFill``). Returns the bytes of ``parts`` taken (held ones count), -1 if
+        the session ended."""
+        held = self._held
+        total = sum(len(p) for p in parts)
+        whole = len(held) + total
+        now = time.monotonic()
+        now_bytes = max(self._fill.cut(whole, now), len(held))  # what is held goes first, whole
+        bufs: list[memoryview] = [memoryview(held), *parts] if held else parts
+        if now_bytes < whole:
+            bufs = _prefix(bufs, now_bytes)
         try:
-            sent = self.sock.sendmsg(segments, (), socket.MSG_DONTWAIT)
+            sent = self.sock.sendmsg(bufs, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return 0
+            sent = 0
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
-        self._wrote(sent)
-        return sent
+        if sent:
+            self._fill.wrote(now)
+        if sent < len(held):
+            self._held = held[sent:]
+            return 0
+        self._held = b""
+        taken = sent - len(held)
+        if sent == now_bytes < whole:  # all that was due went: hold the rest
+            self._held = b"".join(bytes(p) for p in _suffix(parts, whole - now_bytes))
+            self._held_at = now
+            taken = total
+            if not self._hold_timer:
+                self._hold_timer = True
+                self.loop.call_later(HOLD_S, self._flush_held)
+        self._wrote(taken)
+        return taken
+
+    def _flush_held(self) -> None:
+        """What has been held for HOLD_S goes now, whole segment or not (bytes held since then by a
+        later write get their own HOLD_S: one timer per session)."""
+        self._hold_timer = False
+        held = self._held
+        if self.ended or not held or self._tx_tail:
+            return  # nothing, or a tail that is owed goes first (the held bytes lead it)
+        wait = self._held_at + HOLD_S - time.monotonic()
+        if wait > 0.0005:
+            self._hold_timer = True
+            self.loop.call_later(wait, self._flush_held)
+            return
+        try:
+            sent = self.sock.send(held, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.end(f"send_error: {exc.strerror or exc}")
+            return
+        self._held = b""
+        if sent < len(held):  # owed like any partial write: it goes when the socket drains
+            self._tx_tail = held[sent:]
+            self.loop.modify(self.sock_fd, IN | OUT)
 
     def _wrote(self, nbytes: int) -> None:
         self._written += nbytes
@@ -695,28 +782,18 @@ class Session:
         if self._tx_tail:
             self._tx_tail += data
             return
-        try:
-            sent = self.sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.end(f"send_error: {exc.strerror or exc}")
+        sent = self._write([memoryview(data)])
+        if sent < 0:
             return
-        self._wrote(sent)
         if sent < len(data):
             self._tx_tail = data[sent:]
             self.loop.modify(self.sock_fd, IN | OUT)
 
     def _on_writable(self) -> None:
         tail = self._tx_tail
-        try:
-            n = self.sock.send(tail, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        n = self._write([memoryview(tail)])
+        if n <= 0:
             return
-        except OSError as exc:
-            self.end(f"send_error: {exc.strerror or exc}")
-            return
-        self._wrote(n)
         self._tx_tail = tail[n:]
         if not self._tx_tail:
             if self._fq is not None and self._fq.backlog:
