@@ -1,7 +1,7 @@
 """Cutting writes at segment boundaries (segfill.py) and the engine's helpers for it."""
 
 from mptcp_tunnel.engine.session import _prefix, _suffix
-from mptcp_tunnel.segfill import DSS_BYTES, HOLD_S, SegmentFill, segment_payload
+from mptcp_tunnel.segfill import CUT_BELOW, DSS_BYTES, HOLD_S, SegmentFill, segment_payload
 
 MSS = 1448
 UNIT = MSS - DSS_BYTES
@@ -47,3 +47,9 @@ def test_prefix_and_suffix_split_a_gather_list() -> None:
     assert b"".join(_suffix(parts, 5)) == b"efghi"
     assert b"".join(_prefix(parts, 9)) == b"abcdefghi"
     assert _prefix(parts, 0) == [] and _suffix(parts, 0) == []
+
+
+def test_a_large_write_is_not_cut() -> None:
+    fill = SegmentFill(MSS)
+    fill.wrote(10.0)
+    assert fill.cut(CUT_BELOW + 100, 10.001) == CUT_BELOW + 100  # line rate: one partial in 11+

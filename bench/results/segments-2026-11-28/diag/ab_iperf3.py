@@ -1,5 +1,6 @@
-"""A/B of cutting writes at segment boundaries: plain iperf3, one cubic flow each way, 16 s after 4 s,
-default agent and fq-links, alternating agent sessions with and without it (MT_SEGFILL_OFF=1)."""
+"""A/B of cutting writes at segment boundaries: plain iperf3, one cubic flow each way, 16 s after
+4 s, default agent and fq-links, alternating agent sessions with and without it (MT_SEGFILL_OFF=1:
+a switch added to segfill.py for these runs only, not in the committed code)."""
 
 import os
 import sys

@@ -10,6 +10,7 @@ socket, i.e. the subflows) 6 s into a 14 s iperf3 run and 6 s later, and the CPE
 same links (the default agents only provide the MPTCP endpoints and limits).
 """
 
+import functools
 import re
 import sys
 import threading
@@ -41,11 +42,12 @@ def measure(lab: Lab, label: str, run) -> None:
     d = {k: b[k] - a[k] for k in KEYS}
     out = d["bytes_sent"] / max(1, d["data_segs_out"])
     into = d["bytes_received"] / max(1, d["data_segs_in"])
-    dm = {k: mb[k] - ma.get(k, 0) for k in mb if "batches" in k or "bytes_total" in k or "tun_io" in k}
+    dm = {k: mb[k] - ma.get(k, 0) for k in mb if "batches" in k or "bytes_total" in k}
     batches = sum(v for k, v in dm.items() if "batches" in k)
     tx = sum(v for k, v in dm.items() if "mptcp_tunnel_bytes_total" in k and 'direction="tx"' in k)
     print(
-        f"{label}: {res['r'].mbps:.2f} Mbit/s; payload per data segment out {out:.0f}, in {into:.0f};"
+        f"{label}: {res['r'].mbps:.2f} Mbit/s;"
+        f" payload per data segment out {out:.0f}, in {into:.0f};"
         f" CPE bytes per write {tx / batches if batches else 0:.0f}; {d}",
         flush=True,
     )
@@ -64,8 +66,8 @@ def main(mode: str) -> None:
             return
         server = address("server", "eth0")
         for rev in (False, True):
-            measure(lab, f"{mode} {'down' if rev else 'up'}", lambda: iperf3(
-                lab, "client", "server", server, seconds=14, omit=2, reverse=rev,
+            measure(lab, f"{mode} {'down' if rev else 'up'}", functools.partial(
+                iperf3, lab, "client", "server", server, seconds=14, omit=2, reverse=rev,
                 extra=["-C", "cubic"]))
     finally:
         agents.stop()

@@ -1,6 +1,8 @@
 """Where the queue sits with the link-aware shaper on cellular alone (fixed link blackholed): bulk
 flows client -> server (or back), and once a second the cellular link's tbf backlog in each
-direction, the agents' flow-queue drops and a ping's RTT. Usage: where_queue.py FLOWS up|down CC."""
+direction, the agents' flow-queue drops and a ping's RTT.
+Usage: where_queue.py FLOWS up|down CC [SHARE] [both] ("both": both links carry traffic, no
+blackhole, and the fixed link's backlog is shown too)."""
 
 import json
 import re
@@ -67,12 +69,14 @@ def backlog(ns: str, ifname: str) -> str:
 def main() -> None:
     flows, direction, cc = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     share = float(sys.argv[4]) if len(sys.argv) > 4 else 0.97
+    both = sys.argv[5:6] == ["both"]
     lab = Lab()
     lab.up(agents=False)
     agents = Agents(lab, line_share=share)
     agents.ensure("mptcp-links")
-    lab.cut("fixed")
-    time.sleep(3)
+    if not both:
+        lab.cut("fixed")
+        time.sleep(3)
     server = address("server", "eth0")
     box: dict[str, float] = {}
 
@@ -93,6 +97,7 @@ def main() -> None:
     t.start()
     time.sleep(4)
     up_stage, down_stage = lab.rate_stages("cellular")
+    fixed_up, fixed_down = lab.rate_stages("fixed")
     try:
         _, b0, p0 = qdisc(*up_stage)
         c0 = sum(
@@ -107,7 +112,8 @@ def main() -> None:
             drops = {r: sum(v for k, v in mm.items() if "queue_drops" in k) for r, mm in m.items()}
             print(
                 f"ping {rtt} | tbf up {backlog(*up_stage)} | tbf down {backlog(*down_stage)}"
-                f" | agent drops {drops} | shaper {shaper(lab)}",
+                + (f" | fixed up {backlog(*fixed_up)} down {backlog(*fixed_down)}" if both else "")
+                + f" | agent drops {drops} | shaper {shaper(lab)}",
                 flush=True,
             )
             time.sleep(0.7)
