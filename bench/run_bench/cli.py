@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="many_flows: comma-separated contenders (e.g. mptcp-tunnel,mptcp-tunnel-fq)",
     )
     p.add_argument(
+        "--fig9-contenders",
+        default=None,
+        help="fig9_cell_rtt, fig9_varying: comma-separated contenders (e.g. mptcp-tunnel-fq-links)",
+    )
+    p.add_argument(
         "--latency-contenders",
         default=None,
         help="latency: comma-separated contenders (e.g. fixed-only,mptcp-tunnel-fq-shaped)",
@@ -176,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(spec, FileSpec):
             spec = dataclasses.replace(spec, path=spec.path.resolve())
         settings.varying_trace = spec.text()
-    for option, attr in (("flows", "flows_contenders"), ("latency", "latency_contenders")):
+    for option, attr in (
+        ("fig9", "fig9_contenders"),
+        ("flows", "flows_contenders"),
+        ("latency", "latency_contenders"),
+    ):
         value = getattr(args, f"{option}_contenders")
         if value is None:
             continue

@@ -1,7 +1,14 @@
 """Cutting writes at segment boundaries (segfill.py) and the engine's helpers for it."""
 
 from mptcp_tunnel.engine.session import _prefix, _suffix
-from mptcp_tunnel.segfill import CUT_BELOW, DSS_BYTES, HOLD_S, SegmentFill, segment_payload
+from mptcp_tunnel.segfill import (
+    CUT_BELOW,
+    DSS_BYTES,
+    DUE_SLACK_S,
+    HOLD_S,
+    SegmentFill,
+    segment_payload,
+)
 
 MSS = 1448
 UNIT = MSS - DSS_BYTES
@@ -53,3 +60,19 @@ def test_a_large_write_is_not_cut() -> None:
     fill = SegmentFill(MSS)
     fill.wrote(10.0)
     assert fill.cut(CUT_BELOW + 100, 10.001) == CUT_BELOW + 100  # line rate: one partial in 11+
+
+
+def test_held_bytes_are_due_hold_s_after_they_were_held() -> None:
+    fill = SegmentFill(MSS)
+    fill.held(10.0)
+    assert abs(fill.due_in(10.001) - (HOLD_S - 0.001)) < 1e-9  # the timer re-arms for the rest
+    assert fill.due_in(10.0 + HOLD_S - DUE_SLACK_S / 2) == 0.0  # close enough: send now
+    assert fill.due_in(10.0 + 2 * HOLD_S) == 0.0
+
+
+def test_a_socket_that_holds_data_of_its_own_is_not_cut() -> None:
+    fill = SegmentFill(MSS)
+    fill.wrote(10.0, backlog=True)  # the last write was not taken whole
+    assert fill.cut(3 * UNIT + 100, 10.001) == 3 * UNIT + 100
+    fill.wrote(10.001)
+    assert fill.cut(3 * UNIT + 100, 10.002) == 3 * UNIT

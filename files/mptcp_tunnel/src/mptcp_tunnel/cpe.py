@@ -6,7 +6,6 @@ worker: this process. Connecting and the handshake are blocking, with timeouts; 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -289,8 +288,8 @@ class CpeAgent:
             return
         metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)  # established ones (housekeeping)
         self._flush_stats(session)
-        with contextlib.suppress(OSError):
-            infos = subflow_infos(session.sock)
+        infos = session.subflow_reading  # housekeeping just read them (check_info)
+        if infos is not None:
             self.subflow_metrics.update(infos, self._link_of(), self._backup())
             self._learn_overhead(session, infos)
         self._policy_tick()

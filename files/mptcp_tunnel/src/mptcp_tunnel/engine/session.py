@@ -42,6 +42,7 @@ from mptcp_tunnel.loglimit import LogLimiter
 from mptcp_tunnel.mptcp import (
     MptcpFallback,
     MptcpInfo,
+    SubflowInfo,
     established,
     mptcp_info,
     pin_send_buffer,
@@ -211,6 +212,9 @@ class Session:
         self.reason = ""
         self.ended = False
         self.subflows = 0
+        # The subflows as the last housekeeping with ``check_info`` read them (the CPE's tick uses
+        # them); None if that reading failed.
+        self.subflow_reading: list[SubflowInfo] | None = None
         self.round_subflows = -1  # subflows as last reported
         self.subflows_read_at = 0.0  # the worker's last per-subflow reading (BGW status)
         self.stats = [0] * len(STAT_NAMES)
@@ -222,7 +226,6 @@ class Session:
         # Less than one segment of the stream, held to lead the next write (segfill.py): the socket has
         # taken it as far as the session is concerned, so it always goes before anything else.
         self._held = b""
-        self._held_at = 0.0
         self._hold_timer = False
         self._fill = SegmentFill(send_mss(sock))
         self._cc_restarted_at = -CC_RESTART_EVERY_S
@@ -348,7 +351,7 @@ class Session:
             try:
                 if info is None:
                     mptcp_info(self.sock)  # raises on fallback
-                infos = subflow_infos(self.sock)
+                infos = self.subflow_reading = subflow_infos(self.sock)
                 subflows = established(infos)
                 mss = [sf.mss for sf in infos if sf.state == "established" and sf.mss]
                 if mss:
@@ -359,7 +362,7 @@ class Session:
             except MptcpFallback:
                 self.end("fallback: the connection runs as plain TCP")
             except OSError:
-                pass
+                self.subflow_reading = None
 
     def path_changed(self, now: float) -> bool:
         """Our traffic moved onto links that stood by: restart our congestion control and tell the
@@ -698,15 +701,16 @@ class Session:
             return self._send_tls(segments)
         return self._write(segments)
 
-    def _write(self, parts: list[memoryview]) -> int:
+    def _write(self, parts: list[memoryview], cut: bool = True) -> int:
         """The socket's only writer: ``parts`` behind the held bytes, cut at a segment boundary while the
-        stream is busy (``SegmentFill``). Returns the bytes of ``parts`` taken (held ones count), -1 if
-        the session ended."""
+        stream is busy (``SegmentFill``) unless ``cut`` is false. Returns the bytes of ``parts`` taken
+        (held ones count), -1 if the session ended."""
         held = self._held
         total = sum(len(p) for p in parts)
         whole = len(held) + total
         now = time.monotonic()
-        now_bytes = max(self._fill.cut(whole, now), len(held))  # what is held goes first, whole
+        # what is held goes first, whole
+        now_bytes = max(self._fill.cut(whole, now), len(held)) if cut else whole
         bufs: list[memoryview] = [memoryview(held), *parts] if held else parts
         if now_bytes < whole:
             bufs = _prefix(bufs, now_bytes)
@@ -717,8 +721,7 @@ class Session:
         except OSError as exc:
             self.end(f"send_error: {exc.strerror or exc}")
             return -1
-        if sent:
-            self._fill.wrote(now)
+        self._fill.wrote(now, backlog=sent < now_bytes)
         if sent < len(held):
             self._held = held[sent:]
             return 0
@@ -726,7 +729,7 @@ class Session:
         taken = sent - len(held)
         if sent == now_bytes < whole:  # all that was due went: hold the rest
             self._held = b"".join(bytes(p) for p in _suffix(parts, whole - now_bytes))
-            self._held_at = now
+            self._fill.held(now)
             taken = total
             if not self._hold_timer:
                 self._hold_timer = True
@@ -738,24 +741,17 @@ class Session:
         """What has been held for HOLD_S goes now, whole segment or not (bytes held since then by a
         later write get their own HOLD_S: one timer per session)."""
         self._hold_timer = False
-        held = self._held
-        if self.ended or not held or self._tx_tail:
+        if self.ended or not self._held or self._tx_tail:
             return  # nothing, or a tail that is owed goes first (the held bytes lead it)
-        wait = self._held_at + HOLD_S - time.monotonic()
-        if wait > 0.0005:
+        wait = self._fill.due_in(time.monotonic())
+        if wait:
             self._hold_timer = True
             self.loop.call_later(wait, self._flush_held)
             return
-        try:
-            sent = self.sock.send(held, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.end(f"send_error: {exc.strerror or exc}")
+        if self._write([], cut=False) < 0:
             return
-        self._held = b""
-        if sent < len(held):  # owed like any partial write: it goes when the socket drains
-            self._tx_tail = held[sent:]
+        if self._held:  # owed like any partial write: it goes when the socket drains
+            self._tx_tail, self._held = self._held, b""
             self.loop.modify(self.sock_fd, IN | OUT)
 
     def _wrote(self, nbytes: int) -> None:
@@ -791,7 +787,7 @@ class Session:
 
     def _on_writable(self) -> None:
         tail = self._tx_tail
-        n = self._write([memoryview(tail)])
+        n = self._write([memoryview(tail)], cut=False)  # the socket still holds data: no need
         if n <= 0:
             return
         self._tx_tail = tail[n:]
