@@ -314,7 +314,11 @@ def test_a_cpe_judges_a_quiet_bgw_by_the_acks_of_its_keepalives(pair: Pair) -> N
     subprocess.run(["ip", "netns", "exec", pair.bgw, "nft", block], check=True)
     cut = time.monotonic()
     cpe.wait_log("session ended: keepalive_timeout", timeout=15)
-    assert 2.5 <= time.monotonic() - cut <= 8, time.monotonic() - cut
+    # The last ACK seen proves the BGW alive when the CPE wrote the keepalive it acknowledged, up to
+    # one interval before the cut, so the end comes 2-4 intervals after it, by the ticks' phase
+    # (3.01 s in five runs on a quiet machine; one run under load fell under an earlier bound of 2.5).
+    elapsed = time.monotonic() - cut
+    assert 1.9 <= elapsed <= 8, elapsed
     subprocess.run(["ip", "netns", "exec", pair.bgw, "nft", "delete table inet t"], check=True)
     wait_for(lambda: cpe.log.read_text().count("session up") >= 2, timeout=20, what="the session back")
     assert cpe.stop() == 0 and bgw.stop() == 0
