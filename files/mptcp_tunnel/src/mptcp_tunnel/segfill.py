@@ -42,7 +42,7 @@ def segment_payload(mss: int) -> int:
 
 class SegmentFill:
     """Where to cut a write (``cut``) so that it ends on a segment boundary; ``wrote`` when the socket
-    took bytes; ``held`` when the rest of a cut write was held, and ``due_in`` how long the oldest
+    was offered bytes; ``held`` when the rest of a cut write was held, and ``due_in`` how long the oldest
     held byte may still wait; ``set_mss`` with the smallest MSS of the subflows that carry data."""
 
     def __init__(self, mss: int = 0) -> None:
