@@ -409,8 +409,12 @@ def test_a_lost_subflow_and_a_flushed_link_route_come_back(pair: Pair) -> None:
 
     # The kernel never retries a subflow that died: the agent must ask for a new one.
     sh("ip", "netns", "exec", pair.cpe, "ss", "-K", "-tn", "src", "10.2.0.1", "dst", "10.1.0.2")
+    killed = time.monotonic()
     assert subflow_sources(pair) == ["10.1.0.1"]
     wait_for(lambda: subflow_sources(pair) == ["10.1.0.1", "10.2.0.1"], 30, "the cellular subflow")
+    # Found at the ticks (1 s), not at the reconciles (5 s): two ticks without it, then one join.
+    back_after = time.monotonic() - killed
+    assert back_after < 5, back_after
     assert "no subflow on the cellular link" in cpe.log.read_text()
 
     # A link going down flushes the default route of its policy table; it must be put back.

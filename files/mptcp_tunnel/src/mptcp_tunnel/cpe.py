@@ -31,7 +31,6 @@ from mptcp_tunnel.mptcp import (
     mptcp_socket,
     set_congestion_control,
     subflow_infos,
-    subflow_local_addresses,
 )
 from mptcp_tunnel.overflow import OverflowPolicy
 from mptcp_tunnel.runtime import TICK_S, Runtime
@@ -42,6 +41,10 @@ log = logging.getLogger("mptcp_tunnel.cpe")
 
 CONNECT_TIMEOUT_S = 3.0
 RECONCILE_S = 5.0  # re-apply routing/endpoints (a link going down flushes its routes)
+# The kernel never retries a subflow that died (a reset, a NAT that forgot it): a link that is up and has
+# had no subflow at this many ticks in a row gets its endpoint re-created, which opens a new one (a
+# join in progress is listed, so this does not cut it short), and again every as many ticks after.
+SUBFLOW_MISSING_TICKS = 2
 # SHAPE_RATE goes out when the rates change and again at the next two ticks (_learn_overhead calls
 # _reshape each tick): a control frame the full socket could not take is lost, and the BGW applies
 # only changes.
@@ -292,10 +295,11 @@ class CpeAgent:
         if infos is not None:
             self.subflow_metrics.update(infos, self._link_of(), self._backup())
             self._learn_overhead(session, infos)
+            self._bring_back_subflows(infos)
         self._policy_tick()
         self._cap_tick()
         self.rt.tick()
-        self.reconcile(session)
+        self.reconcile()
 
     def _flush_stats(self, session: Session) -> None:
         deltas = session.take_deltas()
@@ -394,26 +398,26 @@ class CpeAgent:
             "fixed_capacity_mbps": round(self.overflow.capacity / 1e6, 2),
         }
 
-    def reconcile(self, session: Session) -> None:
-        """Every RECONCILE_S: repair routing and endpoints, and bring back lost subflows."""
+    def reconcile(self) -> None:
+        """Every RECONCILE_S: repair routing and endpoints (lost subflows: _bring_back_subflows)."""
         now = time.monotonic()
         if now - self.last_reconcile < RECONCILE_S:
             return
         self.last_reconcile = now
         self._apply()
-        try:
-            local = set(subflow_local_addresses(session.sock))
-        except OSError:
-            return
+
+    def _bring_back_subflows(self, infos: list[SubflowInfo]) -> None:
+        """Each tick: re-create the endpoint of a link that is up and has had no subflow for
+        SUBFLOW_MISSING_TICKS ticks in a row."""
+        local = {sf.local for sf in infos}
         for link in self.cpe.links:
             if str(link.address) in local or not self.monitor.is_up(link.name):
                 self.missing_subflow.pop(link.name, None)
                 continue
-            # Two checks in a row without a subflow: ask the kernel for a new one.
             streak = self.missing_subflow.get(link.name, 0) + 1
             self.missing_subflow[link.name] = streak
-            if streak % 2 == 0:
-                if streak == 2:
+            if streak % SUBFLOW_MISSING_TICKS == 0:
+                if streak == SUBFLOW_MISSING_TICKS:
                     log.info("no subflow on the %s link: asking the kernel for a new one", link.name)
                 try:
                     netsetup.recreate_endpoint(self.cfg, link, self.overflowing, self.caps.spent)

@@ -152,29 +152,6 @@ _MAX_SUBFLOWS = 8
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def subflow_local_addresses(sock: socket.socket) -> list[str]:
-    """Local addresses of the connection's subflows (MPTCP_SUBFLOW_ADDRS).
-
-    Python's getsockopt cannot pass the input header this option needs, so libc is called directly.
-    """
-    size = _SUBFLOW_DATA.size + _MAX_SUBFLOWS * _SUBFLOW_ADDRS_SIZE
-    buf = ctypes.create_string_buffer(_SUBFLOW_DATA.pack(_SUBFLOW_DATA.size, 0, 0, _SUBFLOW_ADDRS_SIZE), size)
-    length = ctypes.c_uint32(size)
-    if _libc.getsockopt(sock.fileno(), SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, buf, ctypes.byref(length)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    _, count, _, entry = _SUBFLOW_DATA.unpack_from(buf.raw)
-    addresses = []
-    for i in range(min(count, _MAX_SUBFLOWS)):
-        off = _SUBFLOW_DATA.size + i * entry
-        (family,) = struct.unpack_from("=H", buf.raw, off)
-        if family == socket.AF_INET:
-            addresses.append(socket.inet_ntop(socket.AF_INET, buf.raw[off + 4 : off + 8]))
-        elif family == socket.AF_INET6:
-            addresses.append(socket.inet_ntop(socket.AF_INET6, buf.raw[off + 8 : off + 24]))
-    return addresses
-
-
 SIOCOUTQ = 0x5411  # bytes the kernel still holds: not yet data-acked, or unsent (MPTCP answers it)
 SIOCOUTQNSD = 0x894B  # bytes not yet sent at all (MPTCP: not yet handed to a subflow)
 _INT = struct.Struct("i")
