@@ -286,13 +286,12 @@ class CpeAgent:
         if session.ended:
             return
         self.ticks += 1
-        session.housekeeping(time.monotonic(), check_info=True)
+        infos = session.housekeeping(time.monotonic(), check_info=True)
         if session.ended:
             return
         metrics.SUBFLOWS.labels(self.cpe.id).set(session.subflows)  # established ones (housekeeping)
         self._flush_stats(session)
-        infos = session.subflow_reading  # housekeeping just read them (check_info)
-        if infos is not None:
+        if infos is not None:  # read by housekeeping (check_info)
             self.subflow_metrics.update(infos, self._link_of(), self._backup())
             self._learn_overhead(session, infos)
             self._bring_back_subflows(infos)

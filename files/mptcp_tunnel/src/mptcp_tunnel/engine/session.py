@@ -212,9 +212,6 @@ class Session:
         self.reason = ""
         self.ended = False
         self.subflows = 0
-        # The subflows as the last housekeeping with ``check_info`` read them (the CPE's tick uses
-        # them); None if that reading failed.
-        self.subflow_reading: list[SubflowInfo] | None = None
         self.round_subflows = -1  # subflows as last reported
         self.subflows_read_at = 0.0  # the worker's last per-subflow reading (BGW status)
         self.stats = [0] * len(STAT_NAMES)
@@ -322,10 +319,11 @@ class Session:
         due = min(self.last_rx + dead, self.last_frame + dead)
         return min(due, self.last_tx + self.tunnel.keepalive_s) if self.keepalives else due
 
-    def housekeeping(self, now: float, check_info: bool) -> None:
-        """Called about once a second: keepalive, dead-peer detection, subflows and fallback."""
+    def housekeeping(self, now: float, check_info: bool) -> list[SubflowInfo] | None:
+        """Called about once a second: keepalive, dead-peer detection, subflows and fallback. Returns
+        the subflows read with ``check_info`` (the CPE's tick uses them), None if none were read."""
         if self.ended:
-            return
+            return None
         keepalive = self.tunnel.keepalive_s
         heard = self.last_rx
         info: MptcpInfo | None = None  # one MPTCP_INFO reading serves the ACKs and the fallback check
@@ -335,34 +333,37 @@ class Session:
             heard = max(heard, self.acks.alive_at)
         if now - heard > DEAD_AFTER_KEEPALIVES * keepalive:
             self.end(f"keepalive_timeout: nothing received for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s")
-            return
+            return None
         if now - self.last_frame > DEAD_AFTER_KEEPALIVES * keepalive and self.last_rx > self.last_frame:
             self.end(
                 f"stream_stalled: bytes but no complete frame for {DEAD_AFTER_KEEPALIVES * keepalive:.0f} s"
                 f" ({len(self._rx_tail)} bytes waiting)"
             )
-            return
+            return None
         if self.keepalives and now - self.last_tx >= keepalive and not self._tx_tail:
             self._send_segments([memoryview(self._keepalive)], [len(self._keepalive)], keepalive=True)
         if self._aqm is not None and self._clock.written - self._rtt_at > RTT_AFTER_BYTES:
             self._read_path_rtt()
 
-        if check_info and not self.ended:
-            try:
-                if info is None:
-                    mptcp_info(self.sock)  # raises on fallback
-                infos = self.subflow_reading = subflow_infos(self.sock)
-                subflows = established(infos)
-                mss = [sf.mss for sf in infos if sf.state == "established" and sf.mss]
-                if mss:
-                    self._fill.set_mss(min(mss))
-                if subflows != self.subflows:
-                    self.subflows = subflows
-                    self._dirty.add(self)
-            except MptcpFallback:
-                self.end("fallback: the connection runs as plain TCP")
-            except OSError:
-                self.subflow_reading = None
+        if not check_info or self.ended:
+            return None
+        try:
+            if info is None:
+                mptcp_info(self.sock)  # raises on fallback
+            infos = subflow_infos(self.sock)
+        except MptcpFallback:
+            self.end("fallback: the connection runs as plain TCP")
+            return None
+        except OSError:
+            return None
+        subflows = established(infos)
+        mss = [sf.mss for sf in infos if sf.state == "established" and sf.mss]
+        if mss:
+            self._fill.set_mss(min(mss))
+        if subflows != self.subflows:
+            self.subflows = subflows
+            self._dirty.add(self)
+        return infos
 
     def path_changed(self, now: float) -> bool:
         """Our traffic moved onto links that stood by: restart our congestion control and tell the
