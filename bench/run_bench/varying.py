@@ -13,21 +13,30 @@ its measured window (the player's log), so a point says what capacity it actuall
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from mtlab import Lab, LabError
+from mtlab.measure import ping_rtts
 from mtlab.trace import WalkSpec, mean_rate, parse_spec, per_second
 
 from run_bench import linkctl
-from run_bench.contenders import Agents, bulk, congestion, path_of
-from run_bench.results import Progress, ScenarioResult, warn
+from run_bench.contenders import SERVER, Agents, bulk, congestion, path_of
+from run_bench.results import Progress, ScenarioResult, percentile, warn
 
 SETUP_S = 0.15  # iperf3 connection setup before its first measured second (50-80 ms RTT)
 FIXED_MBIT = 10.0
 TBF_BURST_BYTES = 16 * 1024  # each rate change refills tbf's bucket (kernel tbf_change)
+# Latency on the varying link: pings client -> server every PING_INTERVAL_S from PING_AFTER_S into
+# each download until PING_BEFORE_END_S before its end (the latency scenario's method), and
+# IDLE_PINGS before a contender's runs for the idle RTT.
+PING_INTERVAL_S = 0.05
+PING_AFTER_S = 2.0
+PING_BEFORE_END_S = 1.0
+IDLE_PINGS = 20
 
 
 def _spec_for_rep(text: str, rep: int) -> str:
@@ -95,6 +104,14 @@ def fig9_varying(
                 f"cell RTT {rtt:g} ms: goodput / (fixed + trace mean) x 0.955 tbf efficiency:"
                 f" {shares}"
             )
+        pings = ", ".join(
+            f"{p['contender']} p50 {p['ping_p50_ms']} / p99 {p['ping_p99_ms']} ms"
+            f" ({p['p99_to_idle']} x idle {p['idle_p50_ms']})"
+            for p in pts
+            if p.get("p99_to_idle") is not None
+        )
+        if pings:
+            res.notes.append(f"cell RTT {rtt:g} ms, pings during the downloads: {pings}")
     return res
 
 
@@ -117,16 +134,22 @@ def _point(
     specs: list[str] = []
     series: list[list[float]] = []
     trace_series: list[list[float]] = []
+    loaded: list[float] = []
+    idle: list[float] = []
     for rep in range(s.reps):
         spec = _spec_for_rep(s.varying_trace, rep)
         try:
             agents.ensure(path_of(contender).agents)  # before the trace: a restart takes seconds
+            if not idle:
+                idle = ping_rtts(lab, "client", SERVER, count=IDLE_PINGS, interval=PING_INTERVAL_S)
             lab.start_trace("cellular", spec)
             t_call = time.monotonic()
+            pinger = _Pinger(lab, s.transfer_seconds)
             try:
                 r = bulk(lab, agents, contender, s.transfer_seconds, retries=0, cc=s.inner_cc)
             finally:
                 lab.stop_trace("cellular")
+                loaded += pinger.rtts()
         except LabError as exc:
             progress.step(f"{label} {contender} rep {rep + 1}: FAILED ({exc})")
             continue
@@ -168,6 +191,10 @@ def _point(
         ),
         series_mbps=series,
         trace_series_mbps=trace_series,
+        idle_p50_ms=percentile(idle, 50),
+        ping_count=len(loaded),
+        ping_p50_ms=percentile(loaded, 50),
+        ping_p99_ms=percentile(loaded, 99),
         links=links,
         emulation_ok=emulation_ok,
     )
@@ -175,3 +202,30 @@ def _point(
         point["share_of_capacity"] = round(
             point["mean_mbps"] / (0.955 * (FIXED_MBIT + trace_mean)), 4
         )
+    if point.get("ping_p99_ms") and point.get("idle_p50_ms"):
+        point["p99_to_idle"] = round(point["ping_p99_ms"] / point["idle_p50_ms"], 3)
+
+
+class _Pinger:
+    """Pings client -> server during one download, in a thread."""
+
+    def __init__(self, lab: Lab, transfer_seconds: float) -> None:
+        self._lab = lab
+        window = transfer_seconds - PING_AFTER_S - PING_BEFORE_END_S
+        self._count = max(1, int(window / PING_INTERVAL_S))
+        self._out: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(PING_AFTER_S)
+        try:
+            self._out = ping_rtts(
+                self._lab, "client", SERVER, count=self._count, interval=PING_INTERVAL_S
+            )
+        except LabError as exc:
+            warn(f"fig9_varying pings: {exc}")
+
+    def rtts(self) -> list[float]:
+        self._thread.join(60)
+        return self._out
