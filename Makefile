@@ -42,15 +42,16 @@ lint: setup
 	$(PY) molecule/shared/lint_roles.py
 	@if [ -d roles ] && [ -n "$$(ls roles)" ] && [ -x $(BIN)/ansible-lint ]; then $(BIN)/ansible-lint --profile production; fi
 
+# --durations: the slowest tests in every log (make test must stay within 60 minutes).
 unit: setup
-	cd files/mptcp_tunnel && $(BIN)/pytest -q
+	cd files/mptcp_tunnel && $(BIN)/pytest -q --durations=10
 
 # The role's fleet assembly and checks on generated inventories (check mode against this machine, 1-2 min).
 fleet-test: setup
-	$(BIN)/pytest -q tests/fleet
+	$(BIN)/pytest -q --durations=5 tests/fleet
 
 lab-test: setup
-	$(BIN)/pytest -q lab/tests
+	$(BIN)/pytest -q --durations=25 lab/tests
 
 molecule: setup
 	@if [ -x molecule/run-all.sh ]; then molecule/run-all.sh; else echo "no molecule scenarios yet"; fi
