@@ -234,39 +234,48 @@ def _reloaded_in_place(play, pid: str, reconnects: float) -> None:
     assert metric(metrics(CPE), "mptcp_tunnel_reconnects_total") == reconnects
 
 
-@pytest.mark.parametrize("policy", ["backup", "overflow"])
-def test_policy_change_reloads_without_dropping_the_connection(tmp_path, policy):
-    """site.yml with another policy: the cellular endpoint gets the backup flag by a reload (SIGHUP;
-    overflow keeps cellular out until the demand needs it); the agent keeps its PID and its MPTCP
-    connection and reports the new policy; then the original policy is restored the same way."""
-    inventory = molecule_inventory_without(tmp_path)
-    pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
-    reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
-    try:
-        play = run_site(
-            inventory, "--limit", "mtm-cpe1", "-e", f"mptcp_tunnel_cpe_policy={policy}"
-        )
-        _reloaded_in_place(play, pid, reconnects)
-        eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
-        assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
-        status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
-        assert status["policy"] == policy, status
-        wait_ping(CLIENT, SERVER4)
-    finally:
-        play = run_site(inventory, "--limit", "mtm-cpe1")
-    _reloaded_in_place(play, pid, reconnects)
+def _cellular_stands_by() -> None:
     eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
-    assert not eps["10.2.0.1"].get("backup")
+    assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
 
 
-def test_a_cellular_cap_is_a_reload(tmp_path):
-    """A cap on the cellular link: a reload, no reconnect; a cap already spent (1 byte) sets the
-    backup flag, the status shows it; removing the cap clears the flag the same way."""
+def _cap_spent(link: str) -> list[dict]:
+    """The status's caps once ``link``'s shows spent (counting starts at the reload; the link
+    probes spend a 1-byte cap at once), or as they are after 10 s."""
+    for _ in range(20):
+        caps = json.loads(CPE.check_output("mptcp-tunnel status --json"))["caps"]
+        if {c["link"]: c for c in caps}.get(link, {}).get("spent"):
+            break
+        time.sleep(0.5)
+    return caps
+
+
+def test_policy_and_cap_changes_are_reloads_without_dropping_the_connection(tmp_path):
+    """site.yml with policy backup, then overflow, then a cellular cap already spent (1 byte), then
+    the original settings: each play reloads the agent (SIGHUP; same PID, same MPTCP connection, no
+    reconnect). The cellular endpoint stands by (backup flag, MP_PRIO) under backup, under overflow
+    until the demand needs it, and with its cap spent; the status shows the policy and the cap; the
+    original settings clear the flag. One play each: a play takes about a minute, so the three
+    changes share one restore."""
     inventory = molecule_inventory_without(tmp_path)
     pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
     reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
     capped = [CPE_LINKS[0], {**CPE_LINKS[1], "cap": {"bytes": 1, "period": "daily"}}]
     try:
+        for policy in ("backup", "overflow"):
+            play = run_site(
+                inventory,
+                "--limit",
+                "mtm-cpe1",
+                "-e",
+                f"mptcp_tunnel_cpe_policy={policy}",
+            )
+            _reloaded_in_place(play, pid, reconnects)
+            _cellular_stands_by()
+            status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
+            assert status["policy"] == policy, status
+            wait_ping(CLIENT, SERVER4)
+        # The cap, with the policy back to the inventory's (aggregate).
         play = run_site(
             inventory,
             "--limit",
@@ -275,19 +284,13 @@ def test_a_cellular_cap_is_a_reload(tmp_path):
             json.dumps({"mptcp_tunnel_cpe_links": capped}),
         )
         _reloaded_in_place(play, pid, reconnects)
-        for _ in range(
-            20
-        ):  # counting starts at the reload; the link probes spend 1 byte at once
-            status = json.loads(CPE.check_output("mptcp-tunnel status --json"))
-            caps = {c["link"]: c for c in status["caps"]}
-            if caps.get("cellular", {}).get("spent"):
-                break
-            time.sleep(0.5)
-        assert caps["cellular"]["limit_bytes"] == 1 and caps["cellular"]["spent"], (
-            status["caps"]
+        caps = {c["link"]: c for c in _cap_spent("cellular")}
+        assert caps["cellular"]["limit_bytes"] == 1 and caps["cellular"]["spent"], caps
+        assert (
+            json.loads(CPE.check_output("mptcp-tunnel status --json"))["policy"]
+            == "aggregate"
         )
-        eps = {e["address"]: e for e in ipj(CPE, "mptcp endpoint show")}
-        assert eps["10.2.0.1"].get("backup") and not eps["10.1.0.1"].get("backup")
+        _cellular_stands_by()
         wait_ping(CLIENT, SERVER4)
     finally:
         play = run_site(inventory, "--limit", "mtm-cpe1")
