@@ -31,6 +31,7 @@ from run_bench.fairness import fairness
 from run_bench.fleet import fleet_scale
 from run_bench.lockout import lockout
 from run_bench.overflow_bench import overflow
+from run_bench.pings import PING_INTERVAL_S, PingsDuring
 from run_bench.results import Progress, ScenarioResult, jain, percentile, warn
 from run_bench.security import fuzz, tls_handshakes
 from run_bench.varying import fig9_varying
@@ -549,7 +550,6 @@ def datapath_ceiling(
 # ------------------------------------------------------------------ latency
 
 
-PING_INTERVAL_S = 0.05  # 20 pings/s in every latency figure
 FAILOVER_WAIT_S = 3.0  # --latency-fixed-cut: the agents find the blackhole within 1 s (issue 9)
 
 
@@ -649,7 +649,7 @@ def _loaded_point(
 ) -> None:
     cond = f"{flows} flow{'s' if flows > 1 else ''} {direction} {cc}"
     loaded, box = ping_during_bulk(
-        lab, contender, s.latency_pings, 0.05, cc, direction == "down", flows
+        lab, contender, s.latency_pings, PING_INTERVAL_S, cc, direction == "down", flows
     )
     p99 = percentile(loaded, 99)
     mbps = box.get("mbps")
@@ -687,14 +687,9 @@ def ping_during_bulk(
     ``download``). Returns the RTTs (ms) and ``{"mbps": ...}`` or ``{"error": ...}``."""
     seconds = int(pings * interval) + 6
     box: dict[str, Any] = {}
-    thread = threading.Thread(target=_bulk, args=(lab, label, seconds, box, cc, download, flows))
-    thread.start()
-    try:
-        threading.Event().wait(3)  # let the transfer fill the queues
-        rtts = ping_rtts(lab, "client", SERVER, count=pings, interval=interval)
-    finally:
-        thread.join(seconds + 60)
-    return rtts, box
+    pinger = PingsDuring(lab, 3, pings, interval)  # 3 s: let the transfer fill the queues
+    _bulk(lab, label, seconds, box, cc, download, flows)
+    return pinger.rtts(), box
 
 
 def _bulk(

@@ -13,7 +13,6 @@ its measured window (the player's log), so a point says what capacity it actuall
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from mtlab.trace import WalkSpec, mean_rate, parse_spec, per_second
 
 from run_bench import linkctl
 from run_bench.contenders import SERVER, Agents, bulk, congestion, path_of
+from run_bench.pings import PING_INTERVAL_S, PingsDuring
 from run_bench.results import Progress, ScenarioResult, percentile, warn
 
 SETUP_S = 0.15  # iperf3 connection setup before its first measured second (50-80 ms RTT)
@@ -33,7 +33,6 @@ TBF_BURST_BYTES = 16 * 1024  # each rate change refills tbf's bucket (kernel tbf
 # Latency on the varying link: pings client -> server every PING_INTERVAL_S from PING_AFTER_S into
 # each download until PING_BEFORE_END_S before its end (the latency scenario's method), and
 # IDLE_PINGS before a contender's runs for the idle RTT.
-PING_INTERVAL_S = 0.05
 PING_AFTER_S = 2.0
 PING_BEFORE_END_S = 1.0
 IDLE_PINGS = 20
@@ -144,12 +143,16 @@ def _point(
                 idle = ping_rtts(lab, "client", SERVER, count=IDLE_PINGS, interval=PING_INTERVAL_S)
             lab.start_trace("cellular", spec)
             t_call = time.monotonic()
-            pinger = _Pinger(lab, s.transfer_seconds)
+            window = s.transfer_seconds - PING_AFTER_S - PING_BEFORE_END_S
+            pinger = PingsDuring(lab, PING_AFTER_S, max(1, int(window / PING_INTERVAL_S)))
             try:
                 r = bulk(lab, agents, contender, s.transfer_seconds, retries=0, cc=s.inner_cc)
             finally:
                 lab.stop_trace("cellular")
-                loaded += pinger.rtts()
+                try:
+                    loaded += pinger.rtts()
+                except LabError as exc:
+                    warn(f"fig9_varying pings: {exc}")
         except LabError as exc:
             progress.step(f"{label} {contender} rep {rep + 1}: FAILED ({exc})")
             continue
@@ -204,28 +207,3 @@ def _point(
         )
     if point.get("ping_p99_ms") and point.get("idle_p50_ms"):
         point["p99_to_idle"] = round(point["ping_p99_ms"] / point["idle_p50_ms"], 3)
-
-
-class _Pinger:
-    """Pings client -> server during one download, in a thread."""
-
-    def __init__(self, lab: Lab, transfer_seconds: float) -> None:
-        self._lab = lab
-        window = transfer_seconds - PING_AFTER_S - PING_BEFORE_END_S
-        self._count = max(1, int(window / PING_INTERVAL_S))
-        self._out: list[float] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        time.sleep(PING_AFTER_S)
-        try:
-            self._out = ping_rtts(
-                self._lab, "client", SERVER, count=self._count, interval=PING_INTERVAL_S
-            )
-        except LabError as exc:
-            warn(f"fig9_varying pings: {exc}")
-
-    def rtts(self) -> list[float]:
-        self._thread.join(60)
-        return self._out
