@@ -42,13 +42,12 @@ DEFAULT_LINKS = {
 }
 
 
+# The plain fixed path, the default agent and the queue-controlled setting (fq_codel with
+# cpe.shape_share); the older settings (codel, fq, fq-cubic, fq-shaped) only when named.
 LATENCY_CONTENDERS = (
     "fixed-only",
     "mptcp-tunnel",
-    "mptcp-tunnel-codel",
-    "mptcp-tunnel-fq",
-    "mptcp-tunnel-fq-cubic",
-    "mptcp-tunnel-fq-shaped",
+    "mptcp-tunnel-fq-links",
 )
 
 
@@ -63,13 +62,15 @@ class Settings:
         default_factory=lambda: [0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 20.0]
     )
     fig9_contenders: list[str] = field(
-        default_factory=lambda: ["mptcp-tunnel", "hya-1:1", "hya-2:1"]
+        default_factory=lambda: ["mptcp-tunnel", "mptcp-tunnel-fq-links", "hya-1:1", "hya-2:1"]
     )
     fig10_contenders: list[str] = field(
         default_factory=lambda: ["mptcp-tunnel", "hya-1:1", "hya-2:1", "cellular-only"]
     )
     flows: list[int] = field(default_factory=lambda: [1, 8, 64])
-    flows_contenders: list[str] = field(default_factory=lambda: ["mptcp-tunnel", "hya-2:1"])
+    flows_contenders: list[str] = field(
+        default_factory=lambda: ["mptcp-tunnel", "mptcp-tunnel-fq-links", "hya-2:1"]
+    )
     flows_seconds: int = 20
     flows_ccs: list[str] = field(default_factory=lambda: ["cubic", "bbr"])
     udp_mbit: float = 1.0
@@ -110,7 +111,7 @@ class Settings:
             fig9_cell_rtts=[30, 80],
             fig10_fixed_losses=[0.01, 5.0],
             flows=[1, 8, 64],
-            flows_contenders=["mptcp-tunnel"],
+            flows_contenders=["mptcp-tunnel", "mptcp-tunnel-fq-links"],
             flows_seconds=8,
             ceiling_seconds=5,
             latency_pings=60,
