@@ -189,14 +189,27 @@ DIRECT_ROUTES = (
     ("cpe", "172.16.0.0/24", "10.1.0.2"),
     ("bgw", "192.168.10.0/24", "10.1.0.1"),
 )
+# The fixed link's router sends everything it has no host route for towards the BGW: the replies
+# to the client's LAN need their own route back through the CPE side.
+ROUTER_DIRECT_ROUTE = ("192.168.10.0/24", "10.1.0.1", topology.ROUTER_CPE_IF)
 
 
 def direct_routes(lab: Lab, add: bool) -> None:
     """Plain IPv4 routing client <-> server over the fixed link (agents must be stopped)."""
-    for role, dst, gw in DIRECT_ROUTES:
+    routes: list[tuple[str, dict[str, Any]]] = [
+        (role, {"dst": dst, "gateway": gw}) for role, dst, gw in DIRECT_ROUTES
+    ]
+    if lab.link_routers:
+        router = topology.LINK_ROUTERS["fixed"]
+        dst, gw, dev = ROUTER_DIRECT_ROUTE
+        with IPRoute(netns=lab.ns(router)) as ipr:
+            oif = ipr.link_lookup(ifname=dev)[0]
+        onlink = topology.RTNH_F_ONLINK
+        routes.append((router, {"dst": dst, "gateway": gw, "oif": oif, "flags": onlink}))
+    for role, spec in routes:
         with IPRoute(netns=lab.ns(role)) as ipr:
             try:
-                ipr.route("replace" if add else "del", dst=dst, gateway=gw, family=socket.AF_INET)
+                ipr.route("replace" if add else "del", family=socket.AF_INET, **spec)
             except NetlinkError:
                 if add:
                     raise

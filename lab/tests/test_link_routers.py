@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from run_bench import linkctl
 
 from mtlab import Lab, LabError, shaping, topology
 from mtlab.lab import default_link_routers
@@ -78,3 +79,21 @@ def test_the_download_is_limited_too_and_the_delay_is_kept(emulated: Lab, name: 
     want = 2 * emulated.links[name].delay_ms
     rtt = min(ping_rtts(emulated, "cpe", remote, count=20), default=float("inf"))
     assert abs(rtt - want) <= 1.5, f"{name}: lowest RTT {rtt} ms"
+
+
+def test_the_benchmarks_direct_path_crosses_the_fixed_link(emulated: Lab) -> None:
+    """The `latency` benchmark's `fixed-only` contender: client and server routed over the fixed
+    link without agents. Behind a router the replies need a route back through the CPE side."""
+    server = topology.address("server", "eth0")
+    linkctl.direct_routes(emulated, add=True)
+    try:
+        rtts = ping_rtts(emulated, "client", server, count=20)
+        got = iperf3(emulated, "client", "server", server, seconds=4, omit=1, reverse=True)
+    finally:
+        linkctl.direct_routes(emulated, add=False)
+    want = 2 * emulated.links["fixed"].delay_ms
+    assert len(rtts) >= 18 and abs(min(rtts) - want) <= 1.5, rtts
+    rate = emulated.links["fixed"].rate_mbit
+    assert 0.85 * rate <= got.mbps <= rate, f"{got.mbps:.2f} of {rate} Mbit/s"
+    lost = ping_rtts(emulated, "client", server, count=3)
+    assert not lost, f"the direct routes were not removed: {lost}"
