@@ -350,10 +350,19 @@ class Session:
         try:
             if info is None:
                 mptcp_info(self.sock)  # raises on fallback
-            infos = subflow_infos(self.sock)
         except MptcpFallback:
             self.end("fallback: the connection runs as plain TCP")
             return None
+        except OSError:
+            return None
+        return self.read_subflows()
+
+    def read_subflows(self) -> list[SubflowInfo] | None:
+        """The subflows now (``MPTCP_TCPINFO``/``MPTCP_SUBFLOW_ADDRS``), None if the socket cannot
+        say. Every reading also updates the established count and the segment size writes are cut
+        at, whoever took it (housekeeping, or the BGW worker's per-subflow report)."""
+        try:
+            infos = subflow_infos(self.sock)
         except OSError:
             return None
         subflows = established(infos)

@@ -37,7 +37,6 @@ from mptcp_tunnel.engine.loop import IN, OUT, EventLoop
 from mptcp_tunnel.engine.session import Buffers, Session
 from mptcp_tunnel.engine.tlsaccept import AdmissionFailed, TlsAccept
 from mptcp_tunnel.engine.wheel import TimerWheel
-from mptcp_tunnel.mptcp import established, subflow_infos
 from mptcp_tunnel.srcfilter import SourceFilter
 from mptcp_tunnel.status import subflow_row
 from mptcp_tunnel.tls import TlsChannel, load_contexts
@@ -286,7 +285,7 @@ class Worker:
         cpes: dict[str, Any] = {}
         details: dict[str, list[dict[str, Any]]] = {}
         now = time.monotonic()
-        for session in self.dirty:
+        for session in list(self.dirty):  # a subflow reading below may mark its session
             if session.ended:
                 continue
             deltas = session.take_deltas()
@@ -294,11 +293,10 @@ class Worker:
             busy = deltas is not None and len(details) < SUBFLOWS_PER_REPORT
             if busy and now - session.subflows_read_at >= SUBFLOWS_EVERY_S:
                 session.subflows_read_at = now
-                with contextlib.suppress(OSError):
-                    infos = subflow_infos(session.sock)
+                # the count follows too, not only at the next MPTCP_INFO round (up to 30 s away)
+                infos = session.read_subflows()
+                if infos is not None:
                     details[session.cpe_id] = [subflow_row(sf) for sf in infos]
-                    # the count too, not only at the next MPTCP_INFO round (up to 30 s after the start)
-                    session.subflows = established(infos)
             if deltas is not None or session.round_subflows != session.subflows:
                 cpes[session.cpe_id] = [deltas or [], session.subflows]
                 session.round_subflows = session.subflows
