@@ -62,6 +62,8 @@ SHAPE_SHARE = 0.9
 # fq-links: the CPE's cpe.shape_share, this share of the line of the links that carry traffic, the
 # BGW told by the CPE
 LINE_SHARE = 0.97
+# ... and cpe.link_share: a tbf on each of the CPE's links at this share of the link's rate
+LINK_SHARE = 0.99
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class Agents:
             cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
             if role == "cpe":
                 cfg["cpe"]["shape_share"] = self.line_share
+                cfg["cpe"]["link_share"] = LINK_SHARE
                 for link in cfg["cpe"]["links"]:  # the rates the operator sells
                     link["rate_mbit"] = self.lab.links[link["name"]].rate_mbit
         elif mode != "mptcp":

@@ -121,7 +121,8 @@ def nfqueue_rule(ns: str, ifname: str, queue: int) -> None:
 
 
 def tbf_state(ns: str, ifname: str) -> dict[str, float]:
-    """The root tbf's rate (Mbit/s) and counters (``packets``, ``drops``) on ``ifname``."""
+    """The root tbf's rate (Mbit/s), counters (``packets``, ``drops``) and ``backlog`` (bytes) on
+    ``ifname``."""
     with IPRoute(netns=ns) as ipr:
         idx = _index(ipr, ifname)
         for q in ipr.get_qdiscs(index=idx):
@@ -134,5 +135,6 @@ def tbf_state(ns: str, ifname: str) -> dict[str, float]:
                 "rate_mbit": parms["rate"] * 8 / 1e6,
                 "packets": basic["packets"],
                 "drops": queue["drops"],
+                "backlog": queue["backlog"],
             }
     raise RuntimeError(f"no tbf on {ifname} in {ns}")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mtlab import Lab, address
+from mtlab import Lab, address, shaping
 from mtlab.measure import iperf3
 
 SIGNALS = "mptcp_tunnel_aqm_signals_total"
@@ -157,3 +157,89 @@ def test_the_shaper_holds_the_tunnel_to_its_rate(tunnel: Lab) -> None:
     print(f"shape_mbit 6: {mbps:.2f} Mbit/s")
     assert mbps <= 6.0, "the shaper let more than its rate through"
     assert mbps >= 4.8, "the shaped tunnel should carry most of its rate (headers: ~5 %)"
+
+
+def _start_with_link_share(lab: Lab) -> None:
+    """fq_codel on both agents, the CPE shaping at 0.97 of its links and limiting each at 0.99."""
+    for role in ("bgw", "cpe"):
+        lab.stop_agent(role)
+    for role in ("bgw", "cpe"):
+        cfg = lab.agent_config(role)
+        cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
+        if role == "cpe":
+            cfg["cpe"].update(shape_share=0.97, link_share=0.99)
+            for link in cfg["cpe"]["links"]:
+                link["rate_mbit"] = lab.links[link["name"]].rate_mbit
+        lab.start_agent(role, cfg)
+    lab.wait_tunnel(30)
+
+
+def _root_qdisc(lab: Lab, ifname: str) -> str:
+    return lab.exec("cpe", ["tc", "qdisc", "show", "dev", ifname, "root"]).stdout.strip()
+
+
+@pytest.mark.timeout(150)
+def test_link_share_keeps_the_links_own_buffers_empty_under_an_upload(tunnel: Lab) -> None:
+    """``cpe.link_share``: the CPE's tbf on each link at 0.99 of its rate keeps the link's own
+    buffer (here the link router's tbf queue) empty under a bulk upload, where shaping only the
+    links' sum left 3-12 KB in the cellular link's buffer in 2 of 3 sessions (28 Nov); the agent's
+    tbf goes when the setting does, and one it did not set (the lab's own emulation on the CPE's
+    interfaces, without link routers) is never replaced."""
+    lab = tunnel
+    wan = {"fixed": "wan_fixed", "cellular": "wan_cell"}
+    _start_with_link_share(lab)
+    try:
+        if not lab.link_routers:  # the rate emulation's tbf sits on the CPE's interfaces
+            for ifname in wan.values():
+                assert _root_qdisc(lab, ifname).startswith("qdisc tbf 1: root"), _root_qdisc(
+                    lab, ifname
+                )
+            assert "the agent did not set; link_share not applied there" in lab.log("agent-cpe")
+            return
+        for name, ifname in wan.items():
+            want = round(0.99 * lab.links[name].rate_mbit * 1000)
+            assert _root_qdisc(lab, ifname).startswith("qdisc tbf 4d54: root"), _root_qdisc(
+                lab, ifname
+            )
+            assert f"rate {want}Kbit" in _root_qdisc(lab, ifname), _root_qdisc(lab, ifname)
+        stages = {name: lab.rate_stages(name)[0] for name in wan}  # the routers' upstream tbf
+        backlogs: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            done.wait(4)  # the upload's ramp-up
+            while not done.wait(0.5):
+                backlogs.extend(
+                    int(shaping.tbf_state(ns, dev)["backlog"]) for ns, dev in stages.values()
+                )
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            got = iperf3(
+                lab,
+                "client",
+                "server",
+                address("server", "eth0"),
+                seconds=14,
+                omit=0,
+                extra=["-C", "cubic"],
+            )
+        finally:
+            done.set()
+            sampler.join()
+        links_mbit = sum(lab.links[name].rate_mbit for name in wan)
+        print(
+            f"link_share 0.99: upload {got.mbps:.2f} Mbit/s; routers' backlog max {max(backlogs)} B"
+        )
+        assert len(backlogs) >= 30, backlogs
+        assert max(backlogs) <= 3 * 1514, (
+            backlogs
+        )  # a frame or two in passing, never a standing queue
+        assert got.mbps >= 0.8 * links_mbit, (
+            "the limited links must still carry most of their rates"
+        )
+    finally:
+        _start_agents(lab, None)
+    for ifname in wan.values():  # the default config: no link_share, the agent's tbf removed
+        assert not _root_qdisc(lab, ifname).startswith("qdisc tbf 4d54:"), _root_qdisc(lab, ifname)

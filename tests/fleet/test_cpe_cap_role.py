@@ -1,5 +1,6 @@
-"""The mptcp_tunnel role exposes the cellular data cap: argument specs, the rendered config (which the
-agent must accept as it is) and the unit's StateDirectory, rendered by Ansible on this machine."""
+"""The mptcp_tunnel role exposes the cellular data cap and the links' rate limits: argument specs, the
+rendered config (which the agent must accept as it is) and the unit's StateDirectory, rendered by
+Ansible on this machine."""
 
 from __future__ import annotations
 
@@ -19,13 +20,21 @@ from mptcp_tunnel.config import parse_config
 ROLE = REPO / "roles" / "mptcp_tunnel"
 SPECS = ROLE / "meta" / "argument_specs.yml"
 LINKS: list[dict[str, Any]] = [
-    {"name": "fixed", "kind": "fixed", "interface": "eth1", "address": "10.1.0.1", "table": 101},
+    {
+        "name": "fixed",
+        "kind": "fixed",
+        "interface": "eth1",
+        "address": "10.1.0.1",
+        "table": 101,
+        "rate_mbit": 40,
+    },
     {
         "name": "lte",
         "kind": "cellular",
         "interface": "wwan0",
         "address": "10.2.0.1",
         "table": 102,
+        "rate_mbit": 10,
         "cap": {"bytes": "20GB", "reset_day": 15, "timezone": "Europe/Berlin"},
     },
     {
@@ -34,6 +43,7 @@ LINKS: list[dict[str, Any]] = [
         "interface": "wwan1",
         "address": "10.3.0.1",
         "table": 103,
+        "rate_mbit": 8,
         "cap": {"bytes": 500000000, "period": "daily"},
     },
 ]
@@ -84,6 +94,7 @@ def test_the_role_renders_the_cap_and_the_state_directory(tmp_path: Path) -> Non
         "mptcp_tunnel_cpe_id": "cpe1",
         "mptcp_tunnel_encryption": "none",
         "mptcp_tunnel_cpe_links": LINKS,
+        "mptcp_tunnel_cpe_link_share": 0.99,
     }
     (tmp_path / "vars.json").write_text(json.dumps(host_vars))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
@@ -100,6 +111,7 @@ def test_the_role_renders_the_cap_and_the_state_directory(tmp_path: Path) -> Non
     raw = yaml.safe_load((tmp_path / "config.yaml").read_text())
     cpe = parse_config(raw, str(tmp_path / "config.yaml")).cpe
     assert cpe is not None and cpe.state_dir == "/var/lib/mptcp-tunnel"
+    assert cpe.link_share == 0.99 and [link.rate_mbit for link in cpe.links] == [40, 10, 8]
     assert [link.cap for link in cpe.links] == [
         None,
         CapSettings(20 * 10**9, "monthly", 15, "Europe/Berlin"),

@@ -150,3 +150,51 @@ def test_setup_network_keeps_the_backup_flag_of_a_spent_cap(netns: str, tmp_path
     again = setup_network(netns, config)
     assert again["changes"] == ["set mptcp endpoint 10.2.0.1 flags subflow,backup"]
     assert endpoints(netns) == [("10.1.0.1", 2), ("10.2.0.1", 6)]
+
+
+def root_qdisc(ns: str, ifname: str) -> str:
+    out = subprocess.run(
+        ["tc", "-n", ns, "qdisc", "show", "dev", ifname, "root"], capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def test_link_share_limits_each_link_and_leaves_other_qdiscs_alone(netns: str, tmp_path: Path) -> None:
+    doc = yaml.safe_load((EXAMPLES / "cpe.yaml").read_text())
+    doc["cpe"]["links"][1]["rate_mbit"] = 5
+    doc["cpe"]["link_share"] = 0.99
+    config = tmp_path / "cpe-limits.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    assert "limit wan_fixed to 9.90 Mbit/s (link fixed)" in setup_network(netns, config, "--check")["changes"]  # type: ignore[operator]
+    assert "tbf" not in root_qdisc(netns, "wan_fixed")  # --check changed nothing
+    first = setup_network(netns, config)
+    assert {
+        "limit wan_fixed to 9.90 Mbit/s (link fixed)",
+        "limit wan_cell to 4.95 Mbit/s (link cellular)",
+    } <= set(
+        first["changes"]  # type: ignore[arg-type]
+    )
+    assert root_qdisc(netns, "wan_fixed").startswith(
+        "qdisc tbf 4d54: root"
+    ) and "rate 9900Kbit" in root_qdisc(netns, "wan_fixed")
+    assert "rate 4950Kbit" in root_qdisc(netns, "wan_cell")
+    assert setup_network(netns, config)["changed"] is False  # idempotent
+
+    # Someone else's qdisc (an operator's SQM) is never replaced; the agent's own is removed when off.
+    subprocess.run(
+        ["tc", "-n", netns, "qdisc", "replace", "dev", "wan_cell", "root", "handle", "1:", "pfifo"],
+        check=True,
+    )
+    res = in_ns(netns, "-m", "mptcp_tunnel", "setup-network", "--config", str(config), "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["problems"] == [
+        "link cellular: wan_cell already has a root qdisc (pfifo 1:) the agent did not set;"
+        " link_share not applied there"
+    ]
+    assert root_qdisc(netns, "wan_cell").startswith("qdisc pfifo 1: root")
+    doc["cpe"]["link_share"] = 0
+    config.write_text(yaml.safe_dump(doc))
+    off = setup_network(netns, config)
+    assert off["changes"] == ["remove the rate limit on wan_fixed"]
+    assert "tbf" not in root_qdisc(netns, "wan_fixed")
+    assert root_qdisc(netns, "wan_cell").startswith("qdisc pfifo 1: root")

@@ -149,3 +149,20 @@ def test_shape_share_configuration() -> None:
     doc["cpe"]["links"][0]["rate_down_mbit"] = 50
     cfg = parse_config(doc, "cpe.yaml")
     assert cfg.cpe is not None and cfg.cpe.links[0].rate_down_mbit == 50 and cfg.cpe.shape_share == 0
+
+
+def test_link_share_configuration() -> None:
+    cfg = parse_config(config(shape_share=0.97, link_share=0.99), "cpe.yaml")
+    assert cfg.cpe is not None and cfg.cpe.link_share == 0.99
+    assert parse_config(config(link_share=0.99), "cpe.yaml").cpe.link_share == 0.99  # type: ignore[union-attr]
+    for doc, message in (
+        (config(link_share=0.2), "cpe.link_share: 0.2 is below 0.5"),
+        (config(link_share=1.2), "cpe.link_share: 1.2 is out of range"),
+        (config(shape_share=0.97, link_share=0.95), "cpe.link_share: 0.95 is below shape_share 0.97"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(doc, "cpe.yaml")
+    doc = config(link_share=0.99)
+    del doc["cpe"]["links"][1]["rate_mbit"]
+    with pytest.raises(ConfigError, match=r"links\[1\].rate_mbit: required on every link with link_share"):
+        parse_config(doc, "cpe.yaml")

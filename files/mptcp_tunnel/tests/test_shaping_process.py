@@ -1,6 +1,7 @@
 """``cpe.shape_share`` with real agents (needs root): the CPE shapes at the share of the links that
 carry traffic, tells the BGW its downstream rate (SHAPE_RATE), and both follow a policy change and a
-link going down without a reconnect. The BGW's own per-CPE rate is the ceiling."""
+link going down without a reconnect. The BGW's own per-CPE rate is the ceiling. ``cpe.link_share``:
+the CPE's limit on each link, in ``status``, and removed by a reload that turns it off."""
 
 from __future__ import annotations
 
@@ -52,7 +53,12 @@ def test_the_shaper_follows_the_carrying_links_at_both_ends(pair: Pair) -> None:
     links[1].update(rate_mbit=5)
     sock = str(pair.tmp / "cpe.sock")
     config = pair.config(
-        "cpe", tunnel__aqm="fq_codel", cpe__links=links, cpe__shape_share=0.9, control_socket=sock
+        "cpe",
+        tunnel__aqm="fq_codel",
+        cpe__links=links,
+        cpe__shape_share=0.9,
+        cpe__link_share=0.95,
+        control_socket=sock,
     )
     cpe = pair.start("cpe", config)
     cpe.wait_log("session up")
@@ -65,7 +71,17 @@ def test_the_shaper_follows_the_carrying_links_at_both_ends(pair: Pair) -> None:
         "up_mbps": round(13.5 / DEFAULT_OVERHEAD, 2),
         "down_mbps": round(22.5 / DEFAULT_OVERHEAD, 2),
         "line_per_stream_byte": {"up": DEFAULT_OVERHEAD, "down": DEFAULT_OVERHEAD},
+        "link_limits_mbps": {"fixed": 9.5, "cellular": 4.75},
     }
+    cpe.wait_log("network: limit wan_fixed to 9.50 Mbit/s (link fixed)")
+    cpe.wait_log("network: limit wan_cell to 4.75 Mbit/s (link cellular)")
+    table = subprocess.run(
+        ["ip", "netns", "exec", pair.cpe, sys.executable, "-m", "mptcp_tunnel", "status", "--socket", sock],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert "links limited upstream: fixed 9.5 Mbit/s, cellular 4.75 Mbit/s" in table.stdout, table.stdout
     m = pair.metrics(pair.cpe)
     assert m['mptcp_tunnel_shape_rate_bps{direction="up"}'] == 13.5e6 / DEFAULT_OVERHEAD
     assert m['mptcp_tunnel_shape_rate_bps{direction="down"}'] == 22.5e6 / DEFAULT_OVERHEAD
@@ -90,10 +106,13 @@ def test_the_shaper_follows_the_carrying_links_at_both_ends(pair: Pair) -> None:
     assert bgw.log.read_text().count(bgw_says(18)) == 2
     assert cpe.log.read_text().count("session up") == 1  # no reconnect through all of it
 
-    # shape_share off: the CPE stops shaping, the BGW goes back to its own rate
-    config.write_text(config.read_text().replace("shape_share: 0.9", "shape_share: 0"))
+    # shape_share and link_share off: the CPE stops shaping and removes its limits, the BGW goes back
+    # to its own rate
+    text = config.read_text().replace("shape_share: 0.9", "shape_share: 0")
+    config.write_text(text.replace("link_share: 0.95", "link_share: 0"))
     cpe.proc.send_signal(signal.SIGHUP)
     cpe.wait_log("shaper: cpe.shape_share off")
+    cpe.wait_log("network: remove the rate limit on wan_cell")
     bgw.wait_log("cpe1: shaping at 25.00 Mbit/s")
     wait_for(lambda: pair.metrics(pair.bgw).get(CHANGES, 0) == 5, 10, "the BGW back at its own rate")
     assert status(pair, sock)["shaper"] == {}

@@ -117,6 +117,7 @@ class CpeSettings:
     overflow: OverflowSettings = field(default_factory=OverflowSettings)
     state_dir: str = DEFAULT_STATE_DIR  # where the cap usage survives restarts
     shape_share: float = 0.0  # shape at this share of the carrying links' declared rates (0 = off)
+    link_share: float = 0.0  # a tbf on each link's interface at this share of its declared rate (0 = off)
 
 
 @dataclass(frozen=True)
@@ -467,6 +468,20 @@ def _check_shape_share(sec: _Section, cpe: CpeSettings, tunnel: TunnelSettings) 
             raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with shape_share")
 
 
+def _check_link_share(sec: _Section, cpe: CpeSettings) -> None:
+    if not cpe.link_share:
+        return
+    key = sec.key("link_share")
+    if cpe.link_share < 0.5:
+        raise ConfigError(f"{key}: {cpe.link_share:g} is below 0.5 (a share of each link's rate; 0 = off)")
+    if cpe.shape_share > cpe.link_share:
+        # Below the shaper's share the links' limits, not the flow queues, would hold the queue.
+        raise ConfigError(f"{key}: {cpe.link_share:g} is below shape_share {cpe.shape_share:g}")
+    for i, link in enumerate(cpe.links):
+        if not link.rate_mbit:
+            raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with link_share")
+
+
 def _cpe(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> CpeSettings:
     cpe = CpeSettings(
         id=_cpe_id(sec),
@@ -482,9 +497,11 @@ def _cpe(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> Cp
         overflow=_overflow(sec.section("overflow")),
         state_dir=_state_dir(sec),
         shape_share=sec.number("shape_share", 0.0, 0.0, 1.0),
+        link_share=sec.number("link_share", 0.0, 0.0, 1.0),
     )
     sec.finish()
     _check_shape_share(sec, cpe, tunnel)
+    _check_link_share(sec, cpe)
     if cpe.policy == "overflow":
         kinds = {link.kind for link in cpe.links}
         if kinds != {"fixed", "cellular"}:

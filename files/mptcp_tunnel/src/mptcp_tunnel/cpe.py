@@ -378,15 +378,21 @@ class CpeAgent:
 
     def _shaper_state(self) -> dict[str, Any]:
         rates = self.shaped
-        if rates is None:
-            return {}
-        return {
-            "share": self.cpe.shape_share,
-            "links": list(rates.links),
-            "up_mbps": round(rates.up_bps / 1e6, 2),
-            "down_mbps": round(rates.down_bps / 1e6, 2),
-            "line_per_stream_byte": {d: round(o.factor, 3) for d, o in self.overhead.items()},
-        }
+        state: dict[str, Any] = {}
+        if rates is not None:
+            state = {
+                "share": self.cpe.shape_share,
+                "links": list(rates.links),
+                "up_mbps": round(rates.up_bps / 1e6, 2),
+                "down_mbps": round(rates.down_bps / 1e6, 2),
+                "line_per_stream_byte": {d: round(o.factor, 3) for d, o in self.overhead.items()},
+            }
+        if self.cpe.link_share:
+            state["link_limits_mbps"] = {
+                link.name: round(netsetup.link_limit_bps(link, self.cpe.link_share) / 1e6, 2)
+                for link in self.cpe.links
+            }
+        return state
 
     def _policy_state(self) -> dict[str, Any]:
         if self.overflow is None:

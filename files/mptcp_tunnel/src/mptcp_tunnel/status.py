@@ -140,11 +140,14 @@ def render(snap: dict[str, Any]) -> str:
         + f"  tunnel tx {_bytes(s['bytes'].get('tx', 0))} rx {_bytes(s['bytes'].get('rx', 0))}",
     ]
     sh = snap.get("shaper") or {}
-    if sh:
+    if "share" in sh:
         lines.append(
             f"shaper {sh['share']:g} of {' + '.join(sh['links'])}: up {sh['up_mbps']} Mbit/s,"
             f" down {sh['down_mbps']} Mbit/s (at the BGW)"
         )
+    if sh.get("link_limits_mbps"):
+        limits = ", ".join(f"{name} {mbps} Mbit/s" for name, mbps in sh["link_limits_mbps"].items())
+        lines.append(f"links limited upstream: {limits}")
     lines.append("")
     link_rows = [
         [
