@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--line-share",
         type=float,
         default=None,
-        help="mptcp-tunnel-fq-links: its cpe.shape_share, a share of the line (0.97)",
+        help="mptcp-tunnel-fq-links: its cpe.shape_share, a share of the line (0.98)",
     )
     p.add_argument(
         "--aqm-target-ms",
