@@ -33,8 +33,11 @@ def _ce_received(lab: Lab) -> int:
     return int(m.group(1))
 
 
-def _start_agents(lab: Lab, aqm: str | None, **tunnel: object) -> None:
-    """Both agents with ``tunnel.aqm: aqm`` (None: the default) and other ``tunnel`` settings."""
+def _start_agents(
+    lab: Lab, aqm: str | None, cpe: dict[str, object] | None = None, **tunnel: object
+) -> None:
+    """Both agents with ``tunnel.aqm: aqm`` (None: the default) and other ``tunnel`` settings; the
+    CPE's ``cpe`` section updated with ``cpe``."""
     for role in ("bgw", "cpe"):
         lab.stop_agent(role)
     for role in ("bgw", "cpe"):
@@ -42,6 +45,8 @@ def _start_agents(lab: Lab, aqm: str | None, **tunnel: object) -> None:
         if aqm is not None:
             cfg.setdefault("tunnel", {})["aqm"] = aqm
         cfg.setdefault("tunnel", {}).update(tunnel)
+        if role == "cpe" and cpe:
+            cfg["cpe"].update(cpe)
         lab.start_agent(role, cfg)
     lab.wait_tunnel(30)
 
@@ -159,21 +164,6 @@ def test_the_shaper_holds_the_tunnel_to_its_rate(tunnel: Lab) -> None:
     assert mbps >= 4.8, "the shaped tunnel should carry most of its rate (headers: ~5 %)"
 
 
-def _start_with_link_share(lab: Lab) -> None:
-    """fq_codel on both agents, the CPE shaping at 0.97 of its links and limiting each at 0.99."""
-    for role in ("bgw", "cpe"):
-        lab.stop_agent(role)
-    for role in ("bgw", "cpe"):
-        cfg = lab.agent_config(role)
-        cfg.setdefault("tunnel", {}).update(aqm="fq_codel", congestion_control="cubic")
-        if role == "cpe":
-            cfg["cpe"].update(shape_share=0.97, link_share=0.99)
-            for link in cfg["cpe"]["links"]:
-                link["rate_mbit"] = lab.links[link["name"]].rate_mbit
-        lab.start_agent(role, cfg)
-    lab.wait_tunnel(30)
-
-
 def _root_qdisc(lab: Lab, ifname: str) -> str:
     return lab.exec("cpe", ["tc", "qdisc", "show", "dev", ifname, "root"]).stdout.strip()
 
@@ -187,7 +177,16 @@ def test_link_share_keeps_the_links_own_buffers_empty_under_an_upload(tunnel: La
     interfaces, without link routers) is never replaced."""
     lab = tunnel
     wan = {"fixed": "wan_fixed", "cellular": "wan_cell"}
-    _start_with_link_share(lab)
+    links = lab.agent_config("cpe")["cpe"]["links"]
+    for link in links:  # the rates the operator declares: the lab's
+        link["rate_mbit"] = lab.links[link["name"]].rate_mbit
+    # fq_codel on both agents, the CPE shaping at 0.97 of its links and limiting each at 0.99
+    _start_agents(
+        lab,
+        "fq_codel",
+        cpe={"shape_share": 0.97, "link_share": 0.99, "links": links},
+        congestion_control="cubic",
+    )
     try:
         if not lab.link_routers:  # the rate emulation's tbf sits on the CPE's interfaces
             for ifname in wan.values():
@@ -233,9 +232,8 @@ def test_link_share_keeps_the_links_own_buffers_empty_under_an_upload(tunnel: La
             f"link_share 0.99: upload {got.mbps:.2f} Mbit/s; routers' backlog max {max(backlogs)} B"
         )
         assert len(backlogs) >= 30, backlogs
-        assert max(backlogs) <= 3 * 1514, (
-            backlogs
-        )  # a frame or two in passing, never a standing queue
+        # a frame or two in passing, never a standing queue
+        assert max(backlogs) <= 3 * 1514, backlogs
         assert got.mbps >= 0.8 * links_mbit, (
             "the limited links must still carry most of their rates"
         )

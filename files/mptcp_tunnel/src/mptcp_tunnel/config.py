@@ -463,9 +463,7 @@ def _check_shape_share(sec: _Section, cpe: CpeSettings, tunnel: TunnelSettings) 
         raise ConfigError(f"{key}: needs tunnel.aqm fq_codel (its queue is the flow queues)")
     if tunnel.shape_mbit:
         raise ConfigError(f"{key}: tunnel.shape_mbit sets a fixed rate already; set one of the two")
-    for i, link in enumerate(cpe.links):
-        if not link.rate_mbit:
-            raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with shape_share")
+    _require_rates(sec, cpe, "shape_share")
 
 
 def _check_link_share(sec: _Section, cpe: CpeSettings) -> None:
@@ -477,9 +475,13 @@ def _check_link_share(sec: _Section, cpe: CpeSettings) -> None:
     if cpe.shape_share > cpe.link_share:
         # Below the shaper's share the links' limits, not the flow queues, would hold the queue.
         raise ConfigError(f"{key}: {cpe.link_share:g} is below shape_share {cpe.shape_share:g}")
+    _require_rates(sec, cpe, "link_share")
+
+
+def _require_rates(sec: _Section, cpe: CpeSettings, setting: str) -> None:
     for i, link in enumerate(cpe.links):
         if not link.rate_mbit:
-            raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with link_share")
+            raise ConfigError(f"{sec.key('links')}[{i}].rate_mbit: required on every link with {setting}")
 
 
 def _cpe(sec: _Section, base_dir: Path, tls: bool, tunnel: TunnelSettings) -> CpeSettings:
