@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the benchmarks' helpers some lab tests drive (run_bench.linkctl, .loadgen, .lockout)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from mtlab import Lab, LabError  # noqa: E402
 

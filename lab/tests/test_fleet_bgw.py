@@ -10,16 +10,12 @@ removed afterwards, by PID and namespace, even when a test fails. These do not u
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from run_bench.loadgen import (  # noqa: E402
+from run_bench.loadgen import (
     LoadGen,
     bgw_config,
     bgw_usage,

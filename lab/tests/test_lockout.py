@@ -7,14 +7,10 @@ comes from the ``lockout`` benchmark, this test guards the behaviour.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from run_bench.lockout import run_lockout  # noqa: E402
+from run_bench.lockout import run_lockout
 
 
 @pytest.mark.timeout(240)
