@@ -139,8 +139,15 @@ def test_runtime_change_of_rate_and_delay(default_links: Lab) -> None:
     lab = default_links
     lab.set_link("cellular", rate_mbit=20, delay_ms=10)
     assert abs(rtt_near(lab, "10.2.0.2", 20.0) - 20.0) <= 1.0
-    got = iperf3(lab, "cpe", "bgw", "10.2.0.2", bind="10.2.0.1", seconds=4, omit=2)
-    assert 18.0 <= got.mbps <= 20.0, got.mbps
+    # one retry: on a busy host (CI's stop run, 29 Nov) one 4-s sample read 17.3 Mbit/s
+    seen = []
+    for _attempt in (1, 2):
+        got = iperf3(lab, "cpe", "bgw", "10.2.0.2", bind="10.2.0.1", seconds=6, omit=2)
+        seen.append(round(got.mbps, 2))
+        if 18.0 <= got.mbps <= 20.0:
+            break
+    else:
+        pytest.fail(f"20 Mbit/s set, measured {seen} Mbit/s")
     lab.set_link("cellular", rate_mbit=5, delay_ms=25)
     assert abs(rtt_near(lab, "10.2.0.2", 50.0) - 50.0) <= 1.0
 
