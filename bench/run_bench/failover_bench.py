@@ -4,8 +4,9 @@ One bulk flow through the tunnel (the end hosts' congestion control, ``--cc``), 
 receiver in 0.1 s bins (``mtlab.failover``); the
 fixed link is broken after 8 s (``cut``: a blackhole with the carrier up; ``carrier``: both
 interfaces down) and repaired 8 s later. Per failure kind, direction and policy one point with
-``recover_s`` (to >= 90 % of the cellular-only rate) and ``failback_s`` (to the cellular rate plus a
-quarter of what the fixed link added), the worst over the repetitions, every run kept.
+``recover_s`` (to >= 90 % of the cellular-only rate), ``failback_s`` (to the cellular rate plus a
+quarter of what the fixed link added) and ``fixed_back_s`` (the fixed link itself carrying half its
+rate before the failure again), the worst over the repetitions, every run kept.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def failover(
                     runs.append(run)
                     progress.step(
                         f"{label}: recover {run.recover_s} s, failback {run.failback_s} s,"
+                        f" fixed back {run.fixed_back_s} s,"
                         f" worst after repair {run.worst_after_repair_mbps:.1f} Mbit/s"
                     )
                 if not runs:
@@ -73,6 +75,7 @@ def failover(
                     continue
                 rec = [r.recover_s for r in runs]
                 back = [r.failback_s for r in runs]
+                fixed = [r.fixed_back_s for r in runs]
                 res.add_point(
                     contender,
                     [r.cell_mbps for r in runs],  # the cellular-only rate during the failure
@@ -83,6 +86,9 @@ def failover(
                     failback_s=None if None in back else max(x for x in back if x is not None),
                     recover_s_runs=rec,
                     failback_s_runs=back,
+                    fixed_back_s=None if None in fixed else max(x for x in fixed if x is not None),
+                    fixed_back_s_runs=fixed,
+                    fixed_before_mbps=[round(r.fixed_before_mbps, 2) for r in runs],
                     before_mbps=[round(r.before_mbps, 2) for r in runs],
                     worst_after_repair_mbps=[round(r.worst_after_repair_mbps, 2) for r in runs],
                     series_mbps=[[round(x, 2) for _, x in r.bins] for r in runs[:1]],
@@ -90,6 +96,7 @@ def failover(
                 )
                 save(res)
     res.notes.append(
-        "runs_mbps: the cellular-only rate during the failure; recover_s/failback_s: worst run"
+        "runs_mbps: the cellular-only rate during the failure; recover_s/failback_s/fixed_back_s:"
+        " worst run"
     )
     return res

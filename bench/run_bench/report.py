@@ -276,16 +276,18 @@ def markdown(out_dir: Path) -> str:
         elif scenario == "failover":
             lines += [
                 "| policy | failure | direction | recover s (runs) | failback s (runs) |"
-                " cellular Mbit/s | lowest 1 s after repair Mbit/s |",
-                "|---|---|---|---:|---:|---:|---:|",
+                " fixed link back s (runs) | cellular Mbit/s | lowest 1 s after repair Mbit/s |",
+                "|---|---|---|---:|---:|---:|---:|---:|",
             ]
             for p in data["points"]:
                 worst = [w for w in p.get("worst_after_repair_mbps", []) if w is not None]
                 rec = ", ".join(map(str, p.get("recover_s_runs", [])))
                 back = ", ".join(map(str, p.get("failback_s_runs", [])))
+                fixed = ", ".join(map(str, p.get("fixed_back_s_runs", [])))  # absent before 29 Nov
                 lines.append(
                     f"| {p.get('policy')} | {p.get('kind')} | {p.get('direction')} |"
                     f" {_fmt(p.get('recover_s'))} ({rec}) | {_fmt(p.get('failback_s'))} ({back}) |"
+                    f" {_fmt(p.get('fixed_back_s'))} ({fixed}) |"
                     f" {_fmt(p.get('mean_mbps'))} | {_fmt(min(worst) if worst else None)} |"
                 )
         elif scenario == "fairness":

@@ -9,6 +9,10 @@ every packet dropped with the carrier up, ``carrier``: both interfaces set down)
   >= 90 % of the cellular-only rate (the steady rate from 3 s after the failure to the repair).
 - ``failback_s``: repair -> the end of the first bin that starts a 0.3 s stretch above the
   cellular-only rate by at least a quarter of what the fixed link added before the failure.
+- ``fixed_back_s``: repair -> the end of the first bin that starts a 0.3 s stretch in which the
+  fixed link itself carries at least half its rate before the failure (its interface counters in the
+  flow's direction, outer headers included, sampled every 0.1 s): the issue's "traffic back on it",
+  which the end host's window growth does not gate as it does ``failback_s``.
 - ``worst_after_repair_mbps``: the lowest 1 s average from the repair to the end (the old bug:
   the tunnel carried nothing for 4-5 s about 6 s after a repair). One second, not less: the inner
   flow's own loss recovery leaves the receiver without data for one inner RTT (0.2-0.3 s with the
@@ -20,9 +24,12 @@ every packet dropped with the carrier up, ``carrier``: both interfaces set down)
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyroute2 import IPRoute
 
 from .flowmeter import parse_bins
 from .lab import Lab, LabError
@@ -43,6 +50,8 @@ class FailoverRun:
     recover_s: float | None
     failback_s: float | None
     worst_after_repair_mbps: float
+    fixed_before_mbps: float = 0.0  # the fixed link's own rate before the failure (line bytes)
+    fixed_back_s: float | None = None
 
     def as_point(self) -> dict[str, Any]:
         return {
@@ -53,6 +62,8 @@ class FailoverRun:
             "recover_s": self.recover_s,
             "failback_s": self.failback_s,
             "worst_after_repair_mbps": round(self.worst_after_repair_mbps, 2),
+            "fixed_before_mbps": round(self.fixed_before_mbps, 2),
+            "fixed_back_s": self.fixed_back_s,
         }
 
 
@@ -82,6 +93,50 @@ def _first_stretch(bins: list[tuple[float, float]], start: float, threshold: flo
         if statistics.fmean(r for _, r in bins[i : i + 3]) >= threshold:
             return round(t + BIN_S - start, 2)
     return None
+
+
+class LinkSampler:
+    """The bytes a link's interface sends in one direction, sampled every ``BIN_S`` in a thread
+    (one netlink socket kept open: a new one per sample costs more than a bin)."""
+
+    def __init__(self, lab: Lab, link: str, direction: str) -> None:
+        w = wire(link)
+        end = w.a if direction == "up" else w.b  # the sending end of the link in that direction
+        self._ns, self._ifname = lab.ns(end.role), end.ifname
+        self.samples: list[tuple[float, int]] = []  # (monotonic time, tx bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sample-{link}", daemon=True)
+        self._error: Exception | None = None
+
+    def __enter__(self) -> LinkSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            with IPRoute(netns=self._ns) as ipr:
+                index = ipr.link_lookup(ifname=self._ifname)[0]
+                next_at = time.monotonic()
+                while not self._stop.is_set():
+                    stats = ipr.get_links(index)[0].get_attr("IFLA_STATS64")
+                    self.samples.append((time.monotonic(), int(stats["tx_bytes"])))
+                    next_at += BIN_S
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
+        except Exception as exc:  # reported by bins(): a sampler must not kill the measurement
+            self._error = exc
+
+    def bins(self, t0: float) -> list[tuple[float, float]]:
+        """(seconds after ``t0``, Mbit/s) between consecutive samples."""
+        if self._error is not None:
+            raise LabError(f"sampling {self._ifname} in {self._ns}: {self._error}")
+        return [
+            (t1 - t0, (b1 - b0) * 8 / max(t1 - ta, 1e-3) / 1e6)
+            for (ta, b0), (t1, b1) in zip(self.samples, self.samples[1:], strict=False)
+        ]
 
 
 def start_flow(lab: Lab, direction: str, seconds: float, tag: str = "fo", cc: str = "") -> None:
@@ -124,15 +179,16 @@ def measure(
     start_flow(lab, direction, before_s + down_s + after_s, cc=cc)
     repaired = True
     try:
-        time.sleep(before_s)
-        t_fail = time.monotonic()
-        repaired = False
-        break_link(lab, kind)
-        time.sleep(down_s)
-        t_repair = time.monotonic()
-        repair_link(lab, kind)
-        repaired = True
-        raw = finish_flow(lab, after_s + 30)
+        with LinkSampler(lab, "fixed", direction) as fixed:
+            time.sleep(before_s)
+            t_fail = time.monotonic()
+            repaired = False
+            break_link(lab, kind)
+            time.sleep(down_s)
+            t_repair = time.monotonic()
+            repair_link(lab, kind)
+            repaired = True
+            raw = finish_flow(lab, after_s + 30)
         sender_log = lab.log("fo-send")
     finally:
         if not repaired:
@@ -153,6 +209,14 @@ def measure(
             f"failover: the flow ended {bins[-1][0] - repair_at:.1f} s after the repair "
             f"(sender: {sender_log.strip()[-300:]!r})"
         )
+    fixed_bins = fixed.bins(t_fail)
+    fixed_before = [r for t, r in fixed_bins if -before_s + 3 <= t < -0.2]
+    fixed_before_mbps = statistics.median(fixed_before) if fixed_before else 0.0
+    fixed_back = (
+        _first_stretch(fixed_bins, repair_at, 0.5 * fixed_before_mbps)
+        if fixed_before_mbps > 0
+        else None
+    )
     per_s = round(1.0 / BIN_S)
     windows = [statistics.fmean(after[i : i + per_s]) for i in range(len(after) - per_s + 1)]
     return FailoverRun(
@@ -165,4 +229,6 @@ def measure(
         recover_s=recover,
         failback_s=failback,
         worst_after_repair_mbps=min(windows),
+        fixed_before_mbps=fixed_before_mbps,
+        fixed_back_s=fixed_back,
     )

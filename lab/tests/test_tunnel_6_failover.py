@@ -30,6 +30,8 @@ def test_failover_and_failback_are_fast(tunnel: Lab, kind: str, direction: str) 
             and run.recover_s <= 1.0
             and run.failback_s is not None
             and run.failback_s <= 2.0
+            and run.fixed_back_s is not None
+            and run.fixed_back_s <= 2.0
             and run.worst_after_repair_mbps >= 0.5 * run.cell_mbps
         ):
             break
@@ -38,6 +40,8 @@ def test_failover_and_failback_are_fast(tunnel: Lab, kind: str, direction: str) 
     assert run.before_mbps > 1.5 * run.cell_mbps, "both links did not carry before the failure"
     assert run.recover_s is not None and run.recover_s <= 1.0, f"failover took {run.recover_s} s"
     assert run.failback_s is not None and run.failback_s <= 2.0, f"failback took {run.failback_s} s"
+    # ... and the fixed link itself carries half its rate before the failure again
+    assert run.fixed_back_s is not None and run.fixed_back_s <= 2.0, f"fixed back after {run}"
     # The old bug: ~6 s after a repair the tunnel stalled for 4-5 s.
     assert run.worst_after_repair_mbps >= 0.5 * run.cell_mbps, f"stalled after the repair: {run}"
     assert (tunnel.pid("agent-cpe"), tunnel.pid("agent-bgw")) == pids
