@@ -104,7 +104,7 @@ def test_the_bgws_rate_is_its_ceiling(asked: float, configured: float, applied: 
 
 
 def test_a_gate_follows_a_new_rate_and_a_new_shaper_starts_with_a_full_bucket() -> None:
-    gate = KernelGate()
+    gate = KernelGate(floor=16 * 1024)  # the kernel's room above the bucket's 10 KB
     gate.measured(0.0, 0, 0, 0)
     assert gate.room(0, 0.0) == gate.limit  # no shaper: the kernel's room only
     gate.set_shape(8e6)  # 1 MB/s

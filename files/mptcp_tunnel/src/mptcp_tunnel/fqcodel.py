@@ -32,7 +32,11 @@ Item = tuple[int, bytes, float]  # (flow, packet, enqueue time)
 # ms of queue nobody manages), and neither TCP_NOTSENT_LOWAT, net.ipv4.tcp_notsent_lowat nor a fixed
 # SO_SNDBUF bounds that without also capping throughput. So the agent itself stops writing while the
 # connection's and the subflows' unsent data exceed a few ms at the rate the peer acknowledges.
-GATE_FLOOR = 16 * 1024  # bytes: below this the gate never holds data back
+# The floor matters on slow lines, where 4 ms is only a few packets: what the gate lets through may go
+# to the slowest subflow, and whatever is sent after it waits for it at the peer (in-order delivery).
+# 16 KiB is 26 ms on a 5 Mbit/s cellular link; 6 KiB brought the uploads' ping p99 from 1.43 to 1.35 x
+# idle at the same throughput (lab, 3 + 3 alternating runs, 29 Nov: bench/results/issue9-gate-2026-11-29).
+GATE_FLOOR = 6 * 1024  # bytes: below this the gate never holds data back
 GATE_S = 0.004  # unsent data allowed, in time at the acknowledged rate (the agent refills within it)
 MEASURE_EVERY_S = 0.001  # the kernel's counters are read at most this often (room is tracked between)
 RATE_WINDOW_S = 0.1
