@@ -130,12 +130,13 @@ class LinkSampler:
             self._error = exc
 
     def bins(self, t0: float) -> list[tuple[float, float]]:
-        """(seconds after ``t0``, Mbit/s) between consecutive samples."""
+        """(start of the bin in seconds after ``t0``, Mbit/s) between consecutive samples, as the
+        receiver's bins are labelled."""
         if self._error is not None:
             raise LabError(f"sampling {self._ifname} in {self._ns}: {self._error}")
         return [
-            (t1 - t0, (b1 - b0) * 8 / max(t1 - ta, 1e-3) / 1e6)
-            for (ta, b0), (t1, b1) in zip(self.samples, self.samples[1:], strict=False)
+            (start - t0, (b1 - b0) * 8 / max(end - start, 1e-3) / 1e6)
+            for (start, b0), (end, b1) in zip(self.samples, self.samples[1:], strict=False)
         ]
 
 
