@@ -24,6 +24,11 @@ DIRECTIONS = ("down", "up")
 POLICIES = ("aggregate", "backup")
 
 
+def _worst(times: list[float | None]) -> float | None:
+    """The slowest of the runs' times; None when any run never got there."""
+    return None if None in times else max(t for t in times if t is not None)
+
+
 def _start(lab: Lab, agents: Agents, policy: str, contender: str) -> None:
     """The contender's configuration (the shipped one for mptcp-tunnel) with ``cpe.policy`` set
     (later scenarios get a restart)."""
@@ -82,11 +87,11 @@ def failover(
                     kind=kind,
                     direction=direction,
                     policy=policy,
-                    recover_s=None if None in rec else max(x for x in rec if x is not None),
-                    failback_s=None if None in back else max(x for x in back if x is not None),
+                    recover_s=_worst(rec),
+                    failback_s=_worst(back),
                     recover_s_runs=rec,
                     failback_s_runs=back,
-                    fixed_back_s=None if None in fixed else max(x for x in fixed if x is not None),
+                    fixed_back_s=_worst(fixed),
                     fixed_back_s_runs=fixed,
                     fixed_before_mbps=[round(r.fixed_before_mbps, 2) for r in runs],
                     before_mbps=[round(r.before_mbps, 2) for r in runs],
