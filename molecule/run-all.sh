@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make molecule`: build (or reuse) the base images, then `molecule test` for each scenario
-# (default, fleet, vm-kernel, or those named as arguments, e.g. vm-e2e). `molecule test` destroys its
+# `make molecule`: build (or reuse) the base images, then `molecule test` for each scenario named
+# (`make test`: default and fleet; with no names: default, fleet, vm-kernel). `molecule test` destroys its
 # containers (and with them their veth links) or VMs (and their overlays) even when a step fails; an
 # interrupt destroys the running scenario too. The vm-* scenarios boot QEMU VMs in software emulation:
 # on a shared machine run them under `flock /tmp/mt-heavy.lock`.
@@ -9,8 +9,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
 export CONTAINERS_CONF="$here/containers.conf"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}" PY_COLORS="${PY_COLORS:-0}"
-# vm-e2e is not in the default set (~10.5 min more would take `make test` to its 60-minute budget; CI runs
-# it after `make test`, see molecule/README.md); run it by name: molecule/run-all.sh vm-e2e
+# The QEMU scenarios run after `make test` in CI (.ci/run). Not beside the podman ones: tried on 29 Nov,
+# both are CPU-bound on 2 cores, so each ran ~1.5 times (vm-e2e's two VMs ~2.5 times) as long.
 if [[ $# -gt 0 ]]; then scenarios=("$@"); else scenarios=(default fleet vm-kernel); fi
 
 containers=0 vms=0
