@@ -77,8 +77,9 @@ def test_fleet_check_fails_early_naming_the_problem(
     out = failure(play.stdout)
     assert message in out, out[-3000:]
     assert "Traceback" not in play.stdout + play.stderr
-    # preflight stops the play before anything is built or rendered
+    # preflight stops the play before anything is built or rendered, and before any other role ran
     assert "Build the agent's wheels" not in play.stdout
+    assert "TASK [mptcp_kernel" not in play.stdout and "TASK [mptcp_pki" not in play.stdout
     assert "fleet-secret-" not in play.stdout
 
 

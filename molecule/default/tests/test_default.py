@@ -49,6 +49,21 @@ def test_sysctls(h):
             assert line.startswith("net."), line
 
 
+def test_a_drifted_sysctl_is_set_back_alone():
+    """The network role reads every running value once and runs the sysctl module only for the keys
+    that differ: a value changed behind its back is set back, and nothing else is touched."""
+    ok(BGW, "sysctl -w net.mptcp.add_addr_timeout=60")
+    try:
+        play = run_site(molecule_inventory(), "--limit", "mtm-bgw1", "--tags", "network")
+        assert BGW.sysctl("net.mptcp.add_addr_timeout") == 120
+    finally:
+        BGW.run("sysctl -w net.mptcp.add_addr_timeout=120")  # as converge left it, whatever happened
+    task = "TASK [mptcp_network : Set the MPTCP and forwarding sysctls in the running kernel]"
+    section = play.stdout.split(task, 1)[1].split("TASK [", 1)[0]
+    assert section.count("(item=") == 1, section
+    assert "changed: [mtm-bgw1] => (item=net.mptcp.add_addr_timeout = 120)" in section, section
+
+
 @pytest.mark.parametrize(
     ("h", "name", "purpose"),
     [(CPE, "cpe1", "sslclient"), (BGW, "mtm-bgw1", "sslserver")],

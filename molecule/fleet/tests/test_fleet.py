@@ -170,11 +170,13 @@ def test_cpe_cannot_use_another_cpes_prefix():
     ids=["overlapping-prefixes", "unknown-bgw", "missing-interface", "host-bits"],
 )
 def test_preflight_fails_early_and_clearly(tmp_path, limit, extra, message):
-    """Broken inventories stop in preflight with one clear message, before anything changes."""
+    """Broken inventories stop in preflight with one clear message, before any role changes a host."""
     inventory = molecule_inventory_without(tmp_path)
     config = BGW.file("/etc/mptcp-tunnel/config.yaml").content_string
     play = run_site(inventory, "--limit", limit, "-e", json.dumps(extra), expect_rc=2)
     assert message in " ".join(play.stdout.split()), play.stdout[-3000:]
+    # site.yml's pre_tasks check the inventory before any role (kernel, certificates) touches a host
+    assert "TASK [mptcp_kernel" not in play.stdout and "TASK [mptcp_pki" not in play.stdout
     assert BGW.file("/etc/mptcp-tunnel/config.yaml").content_string == config
 
 
