@@ -280,8 +280,8 @@ def test_policy_and_cap_changes_are_reloads_without_dropping_the_connection(tmp_
     spent; the status shows the policy and the cap; the original settings clear the flag. The two
     changes run only the roles a policy or a cap touches (`--tags agent,network`, as an operator
     would); the restore is the whole site.yml, which must be a reload too. Three plays: 167 s for the
-    test (246 s before the network role's sysctl loops went), 375 s with four whole plays (overflow's own decisions are the lab's
-    `test_tunnel_8_policy.py`)."""
+    test (246 s before the network role's sysctl loops went), 375 s with four whole plays (overflow's
+    own decisions are the lab's `test_tunnel_8_policy.py`)."""
     inventory = molecule_inventory_without(tmp_path)
     pid = CPE.check_output(f"systemctl show -P MainPID {AGENT_UNIT}")
     reconnects = metric(metrics(CPE), "mptcp_tunnel_reconnects_total")
