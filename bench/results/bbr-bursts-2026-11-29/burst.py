@@ -1,9 +1,15 @@
 """Why do BBR subflows deliver in bursts on the cellular link alone? One upload on cellular alone
-(fixed cut), per subflow CC: bins at the receiver, tbf drops in the cellular router upstream, and
-the CPE's TCP retransmits (nstat) over the same stretch."""
-import statistics, sys, time
+(fixed cut), per subflow congestion control: bins at the receiver, tbf drops in the cellular
+router upstream, and the CPE's TCP retransmits (nstat) over the same transfer."""
+
+import statistics
+import sys
+import time
+
 from mtlab import Lab, shaping
-from mtlab.failover import start_flow, finish_flow, BIN_S
+from mtlab.failover import BIN_S, finish_flow, start_flow
+
+COUNTERS = ["nstat", "-az", "TcpRetransSegs", "TcpExtTCPLostRetransmit", "TcpExtTCPSpuriousRTOs"]
 
 lab = Lab()
 lab.up(agents=False)
@@ -18,18 +24,22 @@ try:
         time.sleep(2)
         stage = lab.rate_stages("cellular")[0]
         t0 = shaping.tbf_state(*stage)
-        n0 = lab.exec("cpe", ["nstat", "-az", "TcpRetransSegs", "TcpExtTCPLostRetransmit", "TcpExtTCPSpuriousRTOs", "TcpTimeouts"]).stdout
+        n0 = lab.exec("cpe", COUNTERS).stdout
         start_flow(lab, "up", 12, cc="cubic")
         bins = finish_flow(lab, 40)
         t1 = shaping.tbf_state(*stage)
-        n1 = lab.exec("cpe", ["nstat", "-az", "TcpRetransSegs", "TcpExtTCPLostRetransmit", "TcpExtTCPSpuriousRTOs", "TcpTimeouts"]).stdout
-        rates = [b * 8 / BIN_S / 1e6 for t, b in bins]
+        n1 = lab.exec("cpe", COUNTERS).stdout
+        rates = [b * 8 / BIN_S / 1e6 for _, b in bins]
         w = rates[30:110]
-        print(cc, "goodput", round(statistics.fmean(w), 2), "median", round(statistics.median(w), 2),
-              "empty", sum(1 for r in w if r == 0), "of", len(w),
-              "tbf drops", t1["drops"] - t0["drops"], "pkts", t1["packets"] - t0["packets"], flush=True)
+        print(
+            f"{cc} goodput {statistics.fmean(w):.2f} median {statistics.median(w):.2f}",
+            f"empty {sum(1 for r in w if r == 0)} of {len(w)}",
+            f"tbf drops {t1['drops'] - t0['drops']} pkts {t1['packets'] - t0['packets']}",
+            flush=True,
+        )
         print(" bins", [round(r, 1) for r in w[:40]], flush=True)
-        print(" nstat before", " ".join(n0.split()), "\n nstat after", " ".join(n1.split()), flush=True)
+        print(" nstat before", " ".join(n0.split()), flush=True)
+        print(" nstat after", " ".join(n1.split()), flush=True)
         lab.restore("fixed")
         for role in ("cpe", "bgw"):
             lab.stop_agent(role)
