@@ -187,7 +187,14 @@ def _wire_via_router(names: dict[str, str], w: Wire, router: str) -> None:
     ns = names[router]
     sysctls = {"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0"}
     for dev in (ROUTER_CPE_IF, ROUTER_BGW_IF):
-        sysctls |= {f"net/ipv4/conf/{dev}/proxy_arp": "1", f"net/ipv4/conf/{dev}/rp_filter": "0"}
+        sysctls |= {
+            f"net/ipv4/conf/{dev}/proxy_arp": "1",
+            f"net/ipv4/conf/{dev}/rp_filter": "0",
+            # Answer at once, as the real next hop would: Linux delays each proxy ARP reply by a
+            # random 0-0.8 s (proxy_delay), which after a carrier loss (neighbour caches
+            # flushed) held the fixed link's probes and its new subflow back by up to 0.6 s.
+            f"net/ipv4/neigh/{dev}/proxy_delay": "0",
+        }
     set_sysctls(ns, sysctls)
     a_ip, b_ip = (end.addrs[0].split("/")[0] for end in (w.a, w.b))
     with IPRoute(netns=ns) as ipr:
