@@ -191,8 +191,8 @@ def _wire_via_router(names: dict[str, str], w: Wire, router: str) -> None:
             f"net/ipv4/conf/{dev}/proxy_arp": "1",
             f"net/ipv4/conf/{dev}/rp_filter": "0",
             # Answer at once, as the real next hop would: Linux delays each proxy ARP reply by a
-            # random 0-0.8 s (proxy_delay), which after a carrier loss (neighbour caches
-            # flushed) held the fixed link's probes and its new subflow back by up to 0.6 s.
+            # random 0-0.8 s (proxy_delay); after a carrier loss (neighbour caches flushed) the
+            # first packet over the link waited up to 1.5 s, and the agent's probes with it.
             f"net/ipv4/neigh/{dev}/proxy_delay": "0",
         }
     set_sysctls(ns, sysctls)

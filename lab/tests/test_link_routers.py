@@ -121,8 +121,9 @@ def test_the_benchmarks_direct_path_crosses_the_fixed_link(emulated: Lab) -> Non
 def test_a_link_whose_carrier_returns_answers_at_once(emulated: Lab, name: str) -> None:
     """After a carrier loss both ends have forgotten their neighbours. A real next hop answers ARP
     at once; Linux delays each proxy ARP reply by a random 0-0.8 s unless ``proxy_delay`` is 0,
-    which held the fixed link's return (probes, then the new subflow) back by up to 0.6 s
-    (29 Nov). The first ping over the link after each of four repairs must take its RTT only."""
+    which held the first ping after a repair up to 1.5 s and the fixed link's return (probes,
+    then the new subflow) with it (29 Nov). The first ping over the link after each of four
+    repairs must take its RTT only."""
     local, remote = LINKS[name]
     want = 2 * emulated.links[name].delay_ms
     firsts = []
